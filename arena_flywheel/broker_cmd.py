@@ -1,0 +1,53 @@
+"""`arena broker` (foreground embedded broker) and `arena topics`."""
+from __future__ import annotations
+
+import signal
+import threading
+
+from .broker import EmbeddedBroker, kafka_for
+from .cli import Command
+from .kafka import TOPICS
+
+
+def add_arguments(p):
+    p.add_argument("--port", type=int, default=9092, help="loopback port (default 9092; 0 picks a free one)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--no-topics", action="store_true", help="do not create the arena topics")
+
+
+def run(args, cfg):
+    with EmbeddedBroker(port=args.port, host=args.host, quiet=False) as broker:
+        if not args.no_topics:
+            cfg = cfg.model_copy(deep=True)
+            cfg.kafka.bootstrap_servers = broker.bootstrap
+            with kafka_for(cfg):
+                pass
+        print(f"Tansu broker listening on {broker.bootstrap}. "
+              f"Use: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}   (Ctrl-C stops; topics live in memory)",
+              flush=True)
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1) and broker.proc and broker.proc.poll() is None:
+                pass
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _topics_args(p):
+    pass
+
+
+def _topics_run(args, cfg):
+    with kafka_for(cfg) as (cfg, embedded):
+        for s in TOPICS:
+            parts = 1 if s.single_partition else cfg.kafka.partitions
+            policy = "compact" if s.compacted else "delete"
+            print(f"{cfg.topic(s.name):28s} key={s.key:16s} partitions={parts:<3d} cleanup={policy}")
+        if embedded:
+            print("(embedded broker: these topics vanish when this command exits; set KAFKA_BOOTSTRAP_SERVERS)")
+    return 0
+
+
+topics = Command(_topics_args, _topics_run)

@@ -1,0 +1,217 @@
+"""One configuration: `arena.toml` (every field has a default) plus environment overrides.
+
+Precedence, lowest to highest: defaults < arena.toml < environment variables < CLI flags.
+A bad value raises ConfigError whose message is one line: the key, what was wrong, and a good example.
+"""
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+
+class ConfigError(ValueError):
+    """A configuration problem, worded for the user (one line)."""
+
+
+class Section(BaseModel):
+    # Unknown keys are errors: a typo in arena.toml must not be silently ignored.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class KafkaConfig(Section):
+    bootstrap_servers: str = Field("", description="host:port[,host:port]; empty starts the embedded Tansu broker")
+    topic_prefix: str = "arena."
+    partitions: int = Field(4, ge=1, description="partitions of the per-instruction topics")
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512")
+    sasl_username: str | None = None
+    sasl_password_env: str = Field("KAFKA_SASL_PASSWORD", description="env var holding the SASL password")
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    # Group settings that make joins quick on Tansu (it holds the first JoinGroup reply for about
+    # half of session_timeout_ms) and stay correct on Apache Kafka. See docs/kafka.md.
+    session_timeout_ms: int = Field(6000, ge=1000)
+    heartbeat_interval_ms: int = Field(1000, ge=100)
+    fetch_max_wait_ms: int = Field(20, ge=1)
+    max_poll_interval_ms: int = Field(600_000, ge=10_000, description="slow model batches must fit in it")
+    embedded_port: int = Field(0, ge=0, le=65535, description="0 picks a free loopback port")
+
+
+class DatabaseConfig(Section):
+    url: str = Field("sqlite:///arena.db", description="SQLAlchemy URL: sqlite:///path or postgresql+psycopg://...")
+
+    @field_validator("url")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        if not (v.startswith("sqlite:") or v.startswith("postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return v
+
+
+class FeedConfig(Section):
+    max_prompt_chars: int = Field(32_000, ge=1, description="longer instructions are dead-lettered")
+    default_split: Literal["train", "eval"] = "train"
+
+
+class CompetitorConfig(Section):
+    name: str
+    backend: Literal["transformers", "vllm", "openai", "replay"] = "transformers"
+    model: str = Field("", description="local path or hub id (transformers/vllm), model name (openai), file (replay)")
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(512, ge=1)
+    batch_size: int = Field(8, ge=1)
+    concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    splits: list[Literal["train", "eval"]] = ["train", "eval"]
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
+    dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
+
+
+class JudgeConfig(Section):
+    backend: Literal["reference", "transformers", "vllm", "openai", "replay"] = "reference"
+    model: str = ""
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"
+    template: str = "wizardarena-dual-score"
+    policy: Literal["score-sum", "fastchat", "arena-hard"] = "score-sum"
+    tie_margin: float = Field(0.0, ge=0, description="score-sum: |a-b| below this is a tie")
+    max_parse_retries: int = Field(2, ge=0)
+    temperature: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(512, ge=1)
+    concurrency: int = Field(4, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class ArenaConfig(Section):
+    battle_plan: Literal["target-vs-all", "round-robin", "sampled"] = "target-vs-all"
+    targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")
+    sampled_k: int = Field(2, ge=1)
+    seed: int = 0
+
+
+class RatingsConfig(Section):
+    elo_k: float = Field(4.0, gt=0)
+    elo_init: float = 1000.0
+    scale: float = Field(400.0, gt=0)
+    base: float = Field(10.0, gt=1)
+    bootstrap_rounds: int = Field(100, ge=0)
+    anchor_model: str | None = None
+    anchor_rating: float = 1000.0
+    failure_margin: float = Field(1.0, ge=0, description="target loses by at least this score margin -> Failure")
+    refresh_s: float = Field(1.0, gt=0)
+
+
+class TrainerConfig(Section):
+    output_dir: str = "arena-data/checkpoints"
+    stages: list[Literal["sft", "dpo", "reward", "rl"]] = ["sft"]
+    threshold_schedule: list[float] = Field(default_factory=lambda: [3.0, 2.0, 1.0])
+    batch_size: int = Field(64, ge=1, description="failures that close a training round")
+    learning_rate: float = Field(5e-5, gt=0)
+    epochs: float = Field(1.0, gt=0)
+    per_device_batch_size: int = Field(8, ge=1)
+    rl_algorithm: Literal["rloo", "grpo"] = "rloo"
+    lora: bool = False
+    seed: int = 0
+
+
+class Config(Section):
+    data_dir: str = "arena-data"
+    kafka: KafkaConfig = KafkaConfig()
+    db: DatabaseConfig = DatabaseConfig()
+    feed: FeedConfig = FeedConfig()
+    arena: ArenaConfig = ArenaConfig()
+    competitors: list[CompetitorConfig] = Field(default_factory=list)
+    judge: JudgeConfig = JudgeConfig()
+    ratings: RatingsConfig = RatingsConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    def topic(self, name: str) -> str:
+        return f"{self.kafka.topic_prefix}{name}"
+
+
+# Environment variable -> dotted key. Documented in docs/configuration.md.
+ENV_OVERRIDES: dict[str, str] = {
+    "KAFKA_BOOTSTRAP_SERVERS": "kafka.bootstrap_servers",
+    "KAFKA_SECURITY_PROTOCOL": "kafka.security_protocol",
+    "KAFKA_SASL_MECHANISM": "kafka.sasl_mechanism",
+    "KAFKA_SASL_USERNAME": "kafka.sasl_username",
+    "ARENA_TOPIC_PREFIX": "kafka.topic_prefix",
+    "ARENA_PARTITIONS": "kafka.partitions",
+    "ARENA_DB_URL": "db.url",
+    "ARENA_DATA_DIR": "data_dir",
+}
+
+_EXAMPLES: dict[str, str] = {
+    "kafka.bootstrap_servers": '"localhost:9092"',
+    "kafka.partitions": "4",
+    "kafka.security_protocol": '"SASL_SSL"',
+    "db.url": '"sqlite:///arena.db" or "postgresql+psycopg://user@host/arena"',
+    "judge.policy": '"score-sum"',
+    "judge.backend": '"reference"',
+    "arena.battle_plan": '"target-vs-all"',
+    "trainer.stages": '["sft", "dpo"]',
+}
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+    node[parts[-1]] = value
+
+
+def _one_line(err: ValidationError, source: str) -> str:
+    e = err.errors()[0]
+    key = ".".join(str(p) for p in e["loc"])
+    example_key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
+    example = _EXAMPLES.get(example_key)
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        msg = "unknown key (check the spelling; docs/configuration.md lists every key)"
+    got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
+    hint = f"; e.g. {example_key} = {example}" if example else ""
+    more = f" [and {len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""
+    return f"{source}: {key}: {msg}{got}{hint}{more}"
+
+
+def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | None = None,
+                overrides: dict[str, Any] | None = None) -> Config:
+    """Load arena.toml (or `path`; no file is fine), apply env overrides, then `overrides` (dotted keys)."""
+    env = os.environ if env is None else env
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is None and env.get("ARENA_CONFIG"):
+        path = env["ARENA_CONFIG"]
+    if path is None and Path("arena.toml").is_file():
+        path = "arena.toml"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found (pass --config PATH to an existing arena.toml, or omit it)")
+        try:
+            data = tomllib.loads(p.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    for var, dotted in ENV_OVERRIDES.items():
+        if env.get(var) not in (None, ""):
+            _set_dotted(data, dotted, env[var])
+            source = f"{source} + ${var}" if source != "defaults" else f"${var}"
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(data, dotted, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc, source)) from None

@@ -1,0 +1,1 @@
+"""Consumers: generation pools, judge pools and the SQL ledger."""

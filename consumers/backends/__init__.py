@@ -1,0 +1,1 @@
+"""Model backends shared by generation and judge pools: transformers, vLLM, OpenAI-compatible, replay."""

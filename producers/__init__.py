@@ -1,0 +1,1 @@
+"""Producers: put instructions (and other events) onto the topics."""

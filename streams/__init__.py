@@ -1,0 +1,1 @@
+"""Faust stream processors: pairing responses into battles, ratings from verdicts."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: a real embedded Tansu broker for the session, an isolated config per test."""
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from arena_flywheel.broker import EmbeddedBroker
+from arena_flywheel.config import load_config
+from arena_flywheel.kafka import ensure_topics
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = ROOT.parent / "shared" / "data"
+_counter = itertools.count()
+
+
+def shared_data(rel: str) -> Path:
+    """Path into ../shared/data, skipping the test cleanly when it is absent (a user's fresh clone)."""
+    p = SHARED_DATA / rel
+    if not p.exists():
+        pytest.skip(f"../shared/data/{rel} not present (real evaluation data is only beside the dev checkout)")
+    return p
+
+
+@pytest.fixture(scope="session")
+def broker():
+    """One real Kafka-protocol broker for the whole run (or $TEST_KAFKA_BOOTSTRAP for Apache Kafka)."""
+    external = os.environ.get("TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield external
+        return
+    with EmbeddedBroker() as b:
+        yield b.bootstrap
+
+
+@pytest.fixture
+def cfg(broker, tmp_path, monkeypatch):
+    """A config on the session broker with this test's own topic prefix and SQLite file."""
+    monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
+    monkeypatch.chdir(tmp_path)
+    c = load_config(env={}, overrides={
+        "kafka.bootstrap_servers": broker,
+        "kafka.topic_prefix": f"t{os.getpid()}x{next(_counter)}.",
+        "kafka.partitions": 2,
+        "db.url": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "data_dir": str(tmp_path / "arena-data"),
+    })
+    ensure_topics(c)
+    return c

@@ -1,0 +1,1 @@
+"""The flywheel trainer: failures -> selection -> SFT/DPO/reward/RL batches -> TRL -> checkpoints."""
