@@ -49,3 +49,11 @@ def cfg(broker, tmp_path, monkeypatch):
     })
     ensure_topics(c)
     return c
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """Path of a tiny real Llama with a locally trained ChatML tokenizer (built once per session)."""
+    from arena_flywheel.tinymodel import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
