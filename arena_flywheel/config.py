@@ -75,6 +75,9 @@ class CompetitorConfig(Section):
     splits: list[Literal["train", "eval"]] = ["train", "eval"]
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1")
     dtype: str = Field("auto", description="auto, float32, bfloat16, float16")
+    options: dict[str, Any] = Field(default_factory=dict, description=(
+        "backend-specific extras: vllm engine args (e.g. gpu_memory_utilization, max_model_len, enable_lora), "
+        "openai headers, replay questions file; see docs/models.md"))
 
 
 class JudgeConfig(Section):

@@ -32,6 +32,9 @@ class Completion:
     output_tokens: int = 0
     finish_reason: str | None = None  # "stop", "length", ...
     error: str | None = None  # set when this one request failed; the others in the batch stand
+    # False: retrying cannot help (the backend already retried, or no answer exists); pools then
+    # dead-letter the request at once instead of spending their own retries on it.
+    retryable: bool = True
 
 
 @runtime_checkable
