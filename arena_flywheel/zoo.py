@@ -1,0 +1,103 @@
+"""The demo's zoo: tiny competitor models of clearly different strength, trained on the spot.
+
+One SFT run (TRL) of a tiny Llama on the generated verifiable tasks, snapshotted at increasing step
+counts: the early snapshot is weak (the flywheel's target), the late ones strong. One run makes the
+whole zoo, so its cost is that of the strongest model. Cached by a hash of its recipe, so the
+second demo starts at once.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .events import stable_hash
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ZooRecipe:
+    snapshots: tuple[tuple[str, int], ...]  # (competitor name, SFT steps), increasing steps
+    train_examples: int = 3000
+    batch_size: int = 32
+    learning_rate: float = 6e-3
+    hidden_size: int = 96
+    layers: int = 3
+    heads: int = 4
+    vocab_size: int = 400
+    seed: int = 0
+    version: int = 1  # bump when the task family or training code changes
+
+    @property
+    def key(self) -> str:
+        return stable_hash(asdict(self), length=12)
+
+
+FULL = ZooRecipe(snapshots=(("target", 40), ("novice", 150), ("solid", 400), ("ace", 900)))
+FAST = ZooRecipe(snapshots=(("target", 20), ("novice", 80), ("solid", 200), ("ace", 400)), train_examples=2000)
+
+
+def zoo_paths(root: Path, recipe: ZooRecipe) -> dict[str, Path]:
+    return {name: root / recipe.key / name for name, _ in recipe.snapshots}
+
+
+def build_zoo(root: str | Path, recipe: ZooRecipe = FULL, progress=None) -> dict[str, Path]:
+    """Return {competitor name: model dir}, training the zoo unless a complete cached copy exists."""
+    root = Path(root)
+    paths = zoo_paths(root, recipe)
+    done = root / recipe.key / "zoo.json"
+    if done.is_file() and all((p / "config.json").is_file() for p in paths.values()):
+        return paths
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    from producers import tasks
+
+    from .tinymodel import build_tiny_model
+
+    work = root / recipe.key
+    if work.exists():
+        shutil.rmtree(work)
+    base = build_tiny_model(work / "base", tasks.corpus(), vocab_size=recipe.vocab_size,
+                            hidden_size=recipe.hidden_size, layers=recipe.layers, heads=recipe.heads,
+                            seed=recipe.seed)
+    tok = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    # Zoo training data comes from a seed of its own: the demo's train/eval instructions differ.
+    rows = [{"prompt": [{"role": "user", "content": i.messages[0].content}],
+             "completion": [{"role": "assistant", "content": i.reference}]}
+            for i in tasks.generate(recipe.train_examples, seed=10_000 + recipe.seed, split="train")]
+    at = {steps: name for name, steps in recipe.snapshots}
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kw):
+            name = at.get(state.global_step)
+            if name:
+                kw["model"].save_pretrained(paths[name])
+                tok.save_pretrained(paths[name])
+                if progress:
+                    progress(name, state.global_step)
+
+    args = SFTConfig(output_dir=str(work / "trainer"), max_steps=max(at), per_device_train_batch_size=recipe.batch_size,
+                     learning_rate=recipe.learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=10,
+                     use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=50, max_length=64,
+                     seed=recipe.seed, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                         callbacks=[Snapshot()])
+    trainer.train()
+    shutil.rmtree(work / "trainer", ignore_errors=True)
+    done.write_text(json.dumps({"recipe": asdict(recipe), "models": {k: str(v) for k, v in paths.items()}}))
+    return paths
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
