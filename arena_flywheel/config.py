@@ -218,3 +218,51 @@ def load_config(path: str | os.PathLike | None = None, env: dict[str, str] | Non
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_one_line(exc, source)) from None
+
+
+def _type_name(t: Any) -> str:
+    import typing
+
+    if typing.get_origin(t) is Literal:
+        return " \\| ".join(repr(a) for a in typing.get_args(t))
+    name = getattr(t, "__name__", None)
+    if name and not typing.get_args(t):
+        return name
+    return str(t).replace("typing.", "").replace("arena_flywheel.config.", "").replace("__main__.", "").replace("|", "\\|")
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md is this text; a test keeps them in sync)."""
+    lines = ["# Configuration reference", "",
+             "Generated from `arena_flywheel/config.py` by `python -m arena_flywheel.config > docs/configuration.md`.",
+             "", "`arena.toml` is optional: every key has a default, so the demo needs no file. Precedence, lowest",
+             "to highest: defaults, `arena.toml` (or `--config PATH`, or `$ARENA_CONFIG`), environment variables,",
+             "command-line flags. Unknown keys are errors, and a bad value gets a one-line message naming the key.",
+             "", "## Environment variables", "", "| variable | key |", "|---|---|"]
+    lines += [f"| `{var}` | `{key}` |" for var, key in ENV_OVERRIDES.items()]
+    lines += ["", "Secrets are never read from the file: `kafka.sasl_password_env` and `api_key_env` name the",
+              "environment variables that hold them.", ""]
+
+    def section(title: str, model: type[BaseModel], note: str = "") -> None:
+        lines.extend([f"## `{title}`", ""])
+        if note:
+            lines.extend([note, ""])
+        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|"])
+        for name, f in model.model_fields.items():
+            if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+                continue
+            ann = _type_name(f.annotation)
+            default = f.default_factory() if f.default_factory else f.default
+            lines.append(f"| `{name}` | `{ann}` | `{default!r}` | {f.description or ''} |".replace("\n", " "))
+        lines.append("")
+
+    section("top level", Config)
+    for name, f in Config.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel):
+            section(f"[{name}]", f.annotation)
+    section("[[competitors]]", CompetitorConfig, "One table per competitor model; the demo fills these itself.")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())
