@@ -101,6 +101,7 @@ class GenerationPool:
         self.comp = competitor
         self.name = competitor.name
         self.backend = backend
+        self.backend_name = getattr(backend, "name", competitor.backend)
         self._own_backend = backend is None
         self.log_every_s = log_every_s
         self.retry_backoff_s = retry_backoff_s
@@ -109,6 +110,7 @@ class GenerationPool:
         self.checkpoint_path: str | None = None
         self.counters = PoolStats()
         self.lag: dict[str, int] = {}
+        self.partitions: dict[str, list[int]] = {}  # split -> partitions this replica owns
         self._pub: Publisher | None = None
         self._train = None
         self._eval = None
@@ -127,6 +129,7 @@ class GenerationPool:
             return self
         if self.backend is None:
             self.backend = create_backend(self.comp)
+            self.backend_name = getattr(self.backend, "name", self.comp.backend)
         self._pub = Publisher(self.cfg)
         self._open_checkpoints()
         self._catch_up_checkpoints()
@@ -194,15 +197,20 @@ class GenerationPool:
         return found
 
     def _catch_up_checkpoints(self) -> None:
+        """At start, serve the latest checkpoint of this model that loads (a broken latest one is
+        dead-lettered and the one before it is tried), so a restarted worker serves what it served."""
         end = self._ckpt.end_offsets([self._ckpt_tp])[self._ckpt_tp]
-        latest = None
+        found: list[Checkpoint] = []
         deadline = time.monotonic() + 30
         while self._ckpt.position(self._ckpt_tp) < end and time.monotonic() < deadline:
-            found = self._read_checkpoints(200)
-            if found:
-                latest = found[-1]
-        if latest is not None:
-            self._hot_plug(latest, startup=True)
+            found += self._read_checkpoints(200)
+        seen = set()
+        for ev in reversed(found):
+            if ev.checkpoint in seen:
+                continue
+            seen.add(ev.checkpoint)
+            if self._hot_plug(ev, startup=True):
+                return
 
     def _poll_checkpoints(self) -> None:
         found = self._read_checkpoints(0)
@@ -211,7 +219,7 @@ class GenerationPool:
 
     def _hot_plug(self, ev: Checkpoint, startup: bool = False) -> bool:
         if ev.checkpoint == self.checkpoint and ev.path == self.checkpoint_path:
-            return False
+            return True
         source = f"{self.cfg.topic('checkpoints')}[0]:{ev.id}"
         if ev.checkpoint in RESERVED_CHECKPOINTS or not ev.checkpoint:
             self._dead_letter(source, f"checkpoint name {ev.checkpoint!r} is reserved; name it e.g. 'iter1'",
@@ -410,7 +418,7 @@ class GenerationPool:
                 out[i.id] = failed[i.id]
                 continue
             out[i.id] = Response(instruction_id=i.id, split=i.split, model=self.name, checkpoint=self.checkpoint,
-                                 sample=0, answers=answers[i.id], backend=getattr(self.backend, "name", ""),
+                                 sample=0, answers=answers[i.id], backend=self.backend_name,
                                  sampling=sampling, output_tokens=tokens[i.id], latency_ms=round(latency[i.id], 3),
                                  finish_reason=finish[i.id])
         return out
@@ -453,7 +461,10 @@ class GenerationPool:
     def _update_lag(self, consumer) -> None:
         name = "eval" if consumer is self._eval else "train"
         total = 0
-        for tp in consumer.assignment():
+        assigned = consumer.assignment()
+        with self._stats_lock:
+            self.partitions[name] = sorted(tp.partition for tp in assigned)
+        for tp in assigned:
             hw = consumer.highwater(tp)
             if hw is None:
                 continue
@@ -469,7 +480,8 @@ class GenerationPool:
         with self._stats_lock:
             c = asdict(self.counters)
             lag = dict(self.lag)
-        c.update(model=self.name, checkpoint=self.checkpoint, backend=getattr(self.backend, "name", None),
+            parts = {k: list(v) for k, v in self.partitions.items()}
+        c.update(partitions=parts, model=self.name, checkpoint=self.checkpoint, backend=self.backend_name,
                  tokens_per_s=round(c["output_tokens"] / c["gen_seconds"], 2) if c["gen_seconds"] else 0.0,
                  uptime_s=round(time.monotonic() - self._t0, 1), lag=lag,
                  groups={"train": train_group(self.cfg, self.name) if "train" in self.comp.splits else None,

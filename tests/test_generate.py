@@ -165,10 +165,11 @@ def test_hot_plug_tags_new_checkpoint_and_answers_eval_again(fast_cfg, tiny_mode
     assert not t.is_alive()
     assert [c.checkpoint for c in read_checkpoints(cfg)] == ["x", "iter1", "iter2"]
 
-    # a restarted pool resumes the latest loadable checkpoint... and iter2 is still broken, so it
-    # serves iter1 and has nothing left to answer
+    # a restarted pool resumes the latest checkpoint that loads (iter2 is still broken: iter1), and
+    # has nothing left to answer
     restarted = GenerationPool(cfg, competitor(tiny_model), log_every_s=0)
     stats = restarted.run(max_idle_s=1.0)
+    assert restarted.checkpoint == "iter1" and restarted.checkpoint_path == str(ckpt_dir)
     assert stats.instructions == 0
     assert len(read_all(cfg, "responses", Response)) == 9
 
@@ -241,6 +242,34 @@ def test_replay_competitor_over_the_stream(fast_cfg, tmp_path):
     got = {tuple(r.answers) for r in read_all(cfg, "responses", Response)}
     assert got == {("one-a", "one-b"), ("two",)}
     assert "no recorded answer" in read_all(cfg, "deadletter", DeadLetter)[0].reason
+
+
+def test_replicas_of_a_competitor_share_partitions(fast_cfg, tmp_path):
+    cfg = fast_cfg
+    answers = tmp_path / "answers.jsonl"
+    answers.write_text("\n".join(json.dumps({"question_id": k, "text": f"answer {k}"}) for k in range(12)) + "\n")
+    comp = CompetitorConfig(name="twin", backend="replay", model=str(answers), splits=["eval"], batch_size=2)
+    pools = [GenerationPool(cfg, comp, log_every_s=0, poll_timeout_ms=50) for _ in range(2)]
+    stop = threading.Event()
+    threads = [threading.Thread(target=p.run, args=(stop,), daemon=True) for p in pools]
+    for t in threads:
+        t.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sorted(
+                sum((p.stats()["partitions"].get("eval", []) for p in pools), [])) != [0, 1]:
+            time.sleep(0.1)
+        assert [len(p.stats()["partitions"]["eval"]) for p in pools] == [1, 1]  # one partition each
+        evals = [inst(f"q{k}", source_id=str(k), split="eval") for k in range(12)]
+        publish(cfg, evals)
+        got = wait_for(cfg, "responses", Response, lambda rs: len({r.instruction_id for r in rs}) >= 12)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert {r.instruction_id for r in got} == {i.id for i in evals}
+    assert len({r.id for r in got}) == 12  # at-least-once, but the ids make any redelivery a duplicate
+    assert all(p.counters.instructions > 0 for p in pools)
 
 
 def test_cli_checkpoint_add_and_generate_usage(fast_cfg, tmp_path, monkeypatch, capsys):
