@@ -42,7 +42,7 @@ from consumers.backends import Backend, BackendError, Completion, GenerationRequ
 
 log = logging.getLogger(__name__)
 
-RESERVED_CHECKPOINTS = ("train",)
+RESERVED_CHECKPOINTS = ("train", "base")
 
 
 def group_prefix(cfg: Config) -> str:
@@ -655,7 +655,7 @@ def _ckpt_run(args, cfg: Config) -> int:
                              f"workers (or is a served model name)")
         path = str(Path(path).resolve())
     name = args.name or Path(args.path.rstrip("/")).name or "ckpt"
-    if name in RESERVED_CHECKPOINTS or name == "base":
+    if name in RESERVED_CHECKPOINTS:
         raise UsageError(f"checkpoint name {name!r} is reserved; pass --name, e.g. --name iter{args.iteration or 1}")
     ev = Checkpoint(model=args.model, checkpoint=name, path=path, iteration=args.iteration, stage=args.stage,
                     parent=args.parent)
