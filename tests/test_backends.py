@@ -307,3 +307,25 @@ def test_vllm_without_vllm_is_a_clear_error():
 def test_factory_rejects_unknown_backend():
     with pytest.raises(BackendError, match="unknown backend 'reference'"):
         create_backend({"backend": "reference"})
+
+
+def test_transformers_hot_plugs_a_lora_adapter(peaky, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    a, _ = peaky
+    torch.manual_seed(3)
+    lora = get_peft_model(AutoModelForCausalLM.from_pretrained(a),
+                          LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    lora.save_pretrained(tmp_path / "adapter")
+    b = create_backend({"backend": "transformers", "model": str(a), "device": "cpu"})
+    try:
+        reqs = [req(p, max_new_tokens=8) for p in PROMPTS]
+        base = [c.text for c in b.generate(reqs)]
+        b.load(str(tmp_path / "adapter"))
+        assert [c.text for c in b.generate(reqs)] != base
+        b.load(str(a))  # back to the base weights, in place
+        assert [c.text for c in b.generate(reqs)] == base
+    finally:
+        b.close()
