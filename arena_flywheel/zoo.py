@@ -37,15 +37,16 @@ class ZooRecipe:
         return stable_hash(asdict(self), length=12)
 
 
-FULL = ZooRecipe(snapshots=(("target", 40), ("novice", 150), ("solid", 400), ("ace", 900)))
-FAST = ZooRecipe(snapshots=(("target", 20), ("novice", 80), ("solid", 200), ("ace", 400)), train_examples=2000)
+# Measured (2 cores): ~400 steps in 60-70 s; eval mean reference scores (1-10) 1.4 / 3.1 / 4.1 / 5.0.
+# The target is weak enough that the flywheel has room, strong enough to learn from ~100 failures.
+DEMO = ZooRecipe(snapshots=(("target", 20), ("novice", 80), ("solid", 200), ("ace", 400)), train_examples=2000)
 
 
 def zoo_paths(root: Path, recipe: ZooRecipe) -> dict[str, Path]:
     return {name: root / recipe.key / name for name, _ in recipe.snapshots}
 
 
-def build_zoo(root: str | Path, recipe: ZooRecipe = FULL, progress=None) -> dict[str, Path]:
+def build_zoo(root: str | Path, recipe: ZooRecipe = DEMO, progress=None) -> dict[str, Path]:
     """Return {competitor name: model dir}, training the zoo unless a complete cached copy exists."""
     root = Path(root)
     paths = zoo_paths(root, recipe)
