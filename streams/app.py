@@ -1,0 +1,343 @@
+"""The Faust worker: the pairing agent (responses -> battles) and the ratings agent (verdicts -> Elo,
+pairwise counts, loss records, failures), with the live leaderboard at GET /leaderboard.
+
+`arena stream [--web-port N] [--without-web]` (or `python -m streams.app`) runs it in the foreground.
+Delivery is at-least-once; the exactly-once *effect* comes from per-partition state records that carry
+the last applied offset and recent verdict ids, plus a processed-id table (docs/streams.md).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from arena_flywheel.config import Config
+from arena_flywheel.events import BadEvent, DeadLetter, Instruction, Response, Verdict, decode
+
+from . import state as S
+
+log = logging.getLogger(__name__)
+
+BATCH = 500          # verdicts per ratings batch: one state record per partition per batch
+BATCH_WITHIN = 0.02  # seconds a batch may wait to fill; bounds the added latency
+
+
+# Faust passes fetch_max_wait_ms=1500 to aiokafka unconditionally; on a quiet topic every fetch then
+# parks 1.5 s in the broker. The consumer is built before start(), so we lower the attribute on the
+# instance it returns (the Fetcher reads it at start). Apps without `_arena_fetch_max_wait_ms` keep 1500.
+_orig_create_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
+
+
+def _create_worker_consumer(self, transport):
+    consumer = _orig_create_worker_consumer(self, transport)
+    wait = getattr(self.app, "_arena_fetch_max_wait_ms", None)
+    if wait is not None:
+        consumer._fetch_max_wait_ms = int(wait)
+    return consumer
+
+
+if not getattr(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer, "_arena", False):
+    _create_worker_consumer._arena = True
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
+
+
+def _engine():
+    from . import engine
+
+    return engine
+
+
+class Stream:
+    """A Faust app built from a Config, with its topics, tables and agents."""
+
+    def __init__(self, cfg: Config, *, web_port: int = 6066, web: bool = True, datadir: str | None = None):
+        self.cfg = cfg
+        k = cfg.kafka
+        if not k.bootstrap_servers:
+            raise RuntimeError("no Kafka bootstrap servers (use arena_flywheel.broker.kafka_for(cfg))")
+        self.app_id = f"{k.topic_prefix}stream"
+        store = "memory://"
+        try:  # rocksdb keeps big tables off the heap; memory is enough for the arena's small state
+            import rocksdict  # noqa: F401
+            store = "rocksdb://"
+        except ImportError:
+            pass
+        datadir = Path(datadir or Path(cfg.data_dir) / "faust" / self.app_id)
+        datadir.parent.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+        self.app = faust.App(
+            self.app_id,
+            broker=[f"kafka://{h}" for h in k.bootstrap_servers.split(",")],
+            store=store,
+            topic_partitions=k.partitions,
+            topic_replication_factor=k.replication_factor,
+            broker_session_timeout=max(6.0, k.session_timeout_ms / 1000),
+            broker_heartbeat_interval=max(1.0, k.heartbeat_interval_ms / 1000),
+            broker_max_poll_interval=k.max_poll_interval_ms / 1000,
+            # Tansu reports a wrong latest offset when the last batch holds several records, and
+            # table recovery reads up to that offset: one record per batch keeps it right.
+            producer_max_batch_size=1,
+            producer_linger=0.0,
+            broker_commit_interval=0.5,
+            consumer_auto_offset_reset="earliest",
+            web_enabled=web, web_bind="127.0.0.1", web_host="127.0.0.1", web_port=web_port,
+            datadir=str(datadir),
+            table_cleanup_interval=3600.0,
+        )
+        self.app._arena_fetch_max_wait_ms = k.fetch_max_wait_ms
+        raw = dict(key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
+        self.t_instructions = self.app.topic(cfg.topic("instructions.train"), cfg.topic("instructions.eval"),
+                                             cfg.topic("responses"), **raw)
+        self.t_verdicts = self.app.topic(cfg.topic("verdicts"), **raw)
+        self.t_battles = self.app.topic(cfg.topic("battles"), **raw)
+        self.t_failures = self.app.topic(cfg.topic("failures"), **raw)
+        self.t_dead = self.app.topic(cfg.topic("deadletter"), **raw)
+        # One table per agent; every value is one changelog record (see docs/streams.md for why one
+        # table with prefixed keys: all writes of a partition are then ordered in one changelog partition).
+        self.pairing = self.app.Table("pairing", default=None, key_type=str, value_type=None)
+        self.ratings = self.app.Table("ratings", default=None, key_type=str, value_type=None)
+        self.snapshot: dict[str, Any] = {"rows": [], "elo": {}, "counts": {}, "verdicts": 0, "generated_at": None}
+        self._warm = None
+        self.stats = defaultdict(int)
+        self._register()
+
+    # -------------------------------------------------------------------------------- helpers
+    def _put(self, table, partition: int, key: str, value) -> None:
+        """Write a table key to the changelog partition of the event that caused it. Faust would use the
+        *current* event, which inside a take() batch may belong to another partition."""
+        table.data[key] = value
+        table.send_changelog(partition, key, value)
+
+    async def _dead(self, event, reason: str, stage: str) -> None:
+        m = event.message
+        dl = DeadLetter(source=f"{m.topic}[{m.partition}]@{m.offset}", reason=reason,
+                        raw=DeadLetter.raw_text(event.value), stage=stage)
+        await self.t_dead.send(key=dl.kafka_key().encode(), value=dl.encode())
+        self.stats["dead_letters"] += 1
+        log.warning("dead-lettered %s: %s", dl.source, reason)
+
+    # -------------------------------------------------------------------------------- agents
+    def _register(self) -> None:
+        app, cfg = self.app, self.cfg
+        targets = list(cfg.arena.targets)
+
+        @app.agent(self.t_instructions, name="pairing")
+        async def pairing(stream):
+            async for event in stream.events():
+                try:
+                    ev = decode(event.value)
+                    if not isinstance(ev, (Instruction, Response)):
+                        raise BadEvent(f"expected arena.instruction or arena.response, got {ev.SCHEMA}")
+                except BadEvent as exc:
+                    await self._dead(event, exc.reason, "stream.pairing")
+                    continue
+                p = event.message.partition
+                iid = ev.id if isinstance(ev, Instruction) else ev.instruction_id
+                rec = self.pairing.data.get(f"r:{iid}") or {"responses": {}, "emitted": []}
+                ins = self.pairing.data.get(f"i:{iid}")
+                if isinstance(ev, Instruction):
+                    if ins is not None:
+                        continue
+                    ins = S.instruction_record(ev)
+                    self._put(self.pairing, p, f"i:{iid}", ins)
+                elif not S.add_response(rec, ev):
+                    continue
+                if ins is None:  # a response before its instruction: kept; battles come with the instruction
+                    self._put(self.pairing, p, f"r:{iid}", rec)
+                    continue
+                battles = S.new_battles(ins, rec, iid, cfg.arena.battle_plan, targets,
+                                        cfg.arena.sampled_k, cfg.arena.seed)
+                # battles first, then the record that says they were sent: a crash in between re-sends
+                # them (same ids) instead of losing them
+                for b in battles:
+                    await self.t_battles.send(key=b.kafka_key().encode(), value=b.encode())
+                self.stats["battles"] += len(battles)
+                self._put(self.pairing, p, f"r:{iid}", rec)
+
+        @app.agent(self.t_verdicts, name="ratings")
+        async def ratings(stream):
+            async for events in stream.take_events(BATCH, within=BATCH_WITHIN):
+                by_part: dict[int, list] = defaultdict(list)
+                for event in events:
+                    by_part[event.message.partition].append(event)
+                for p, evs in by_part.items():
+                    await self._apply(p, evs)
+
+        @app.timer(interval=cfg.ratings.refresh_s)
+        async def refresh():
+            self.refresh()
+
+        @app.page("/leaderboard")
+        async def leaderboard_page(web, request):
+            return web.json(self.snapshot)
+
+        @app.page("/stats")
+        async def stats_page(web, request):
+            return web.json(dict(self.stats))
+
+        self.agents = (pairing, ratings)
+
+    async def _apply(self, p: int, events) -> None:
+        """Apply one partition's verdicts: loss records and failures, then the partition record (offset,
+        counts, Elo, recent ids), then processed-id markers. Order matters; see docs/streams.md."""
+        cfg, E = self.cfg, _engine()
+        targets = set(cfg.arena.targets)
+        key = f"p:{p}"
+        st = self.ratings.data.get(key) or S.empty_partition_state()
+        recent = set(st["recent"])
+        elos = {}
+        batch_ids: list[str] = []
+        touched: dict[str, dict] = {}
+        for event in events:
+            off = event.message.offset
+            if off <= st["offset"]:
+                st["duplicates"] += 1
+                continue
+            st["offset"] = off
+            try:
+                v = decode(event.value, expect=Verdict)
+            except BadEvent as exc:
+                await self._dead(event, exc.reason, "stream.ratings")
+                continue
+            if v.id in recent or f"v:{v.id}" in self.ratings.data or v.id in batch_ids:
+                st["duplicates"] += 1
+                continue
+            batch_ids.append(v.id)
+            st["applied"] += 1
+            S.count(st["counts"][v.split], v.competitor_a, v.competitor_b, v.winner)
+            if v.winner == "invalid":
+                st["invalid"] += 1
+            else:
+                elo = elos.get(v.split)
+                if elo is None:
+                    d = st["elo"].get(v.split)
+                    r = cfg.ratings
+                    elo = E.OnlineElo.from_dict(d) if d else E.OnlineElo(k=r.elo_k, init=r.elo_init,
+                                                                           scale=r.scale, base=r.base)
+                    elos[v.split] = elo
+                elo.update(v.competitor_a, v.competitor_b, v.winner)
+            losses = S.target_losses(v, targets, cfg.ratings.failure_margin)
+            if losses:
+                lkey = f"l:{v.instruction_id}"
+                rec = touched.get(lkey) or dict(self.ratings.data.get(lkey) or {})
+                for e in losses:
+                    rec[e["verdict_id"] + ":" + e["side"]] = e
+                touched[lkey] = rec
+        for split, elo in elos.items():
+            st["elo"][split] = elo.to_dict()
+        # 1) loss records (idempotent: keyed by verdict id inside) and failures
+        for lkey, rec in touched.items():
+            self._put(self.ratings, p, lkey, rec)
+            iid = lkey[2:]
+            for comp in sorted({e["target_competitor"] for e in rec.values() if e["selected"]}):
+                f = S.failure_for(iid, rec, comp, self.pairing.data.get(f"r:{iid}"),
+                                  self.pairing.data.get(f"i:{iid}"))
+                if f is not None:
+                    await self.t_failures.send(key=f.kafka_key().encode(), value=f.encode())
+                    self.stats["failures"] += 1
+                else:
+                    self.stats["failures_without_answers"] += 1
+        # 2) the partition record: offset + counts + Elo + this batch's ids, in one changelog record
+        st["recent"] = (st["recent"] + batch_ids)[-S.RECENT_IDS:]
+        self._put(self.ratings, p, key, st)
+        # 3) processed-id markers for duplicates that arrive later as new records
+        for vid in batch_ids:
+            self._put(self.ratings, p, f"v:{vid}", 1)
+        self.stats["verdicts"] += len(batch_ids)
+        self.stats["last_update"] = time.time()
+
+    # -------------------------------------------------------------------------------- leaderboard
+    def partition_states(self) -> list[dict]:
+        return [v for k, v in list(self.ratings.data.items()) if isinstance(k, str) and k.startswith("p:")]
+
+    def refresh(self) -> dict[str, Any]:
+        """Refit the leaderboard from the eval counts of the partitions this worker holds."""
+        states = self.partition_states()
+        snap: dict[str, Any] = {"generated_at": time.time(), "verdicts": sum(s["applied"] for s in states),
+                                "invalid": sum(s["invalid"] for s in states),
+                                "duplicates": sum(s["duplicates"] for s in states), "rows": [], "elo": {},
+                                "counts": {}, "partitions": sorted(int(k[2:]) for k in list(self.ratings.data)
+                                                                   if isinstance(k, str) and k.startswith("p:"))}
+        for split in ("eval", "train"):
+            merged = S.merge_counts(states, split)
+            snap["counts"][split] = [[a, b, w, n] for a, b, w, n in S.iter_counts(merged)]
+        # Online Elo is kept per partition (sequential in offset order, so a replay reproduces it); the
+        # served value averages the partitions' ratings. The BT leaderboard below is the headline.
+        sums: dict[str, list[float]] = defaultdict(list)
+        for s in states:
+            d = s["elo"].get("eval")
+            if d:
+                for m, r in _engine().OnlineElo.from_dict(d).ratings.items():
+                    sums[m].append(r)
+        snap["elo"] = {m: sum(v) / len(v) for m, v in sorted(sums.items())}
+        counts = self.pair_counts(states, "eval")
+        if counts is not None and counts.models:
+            E, r = _engine(), self.cfg.ratings
+            rows = E.leaderboard(counts, ci="bootstrap", rounds=r.bootstrap_rounds, seed=0, scale=r.scale,
+                                 base=r.base, init=r.elo_init, anchor=r.anchor_model,
+                                 anchor_rating=r.anchor_rating, warm=self._warm)
+            self._warm = {row.model: row.rating for row in rows}
+            snap["rows"] = [dict(row.__dict__) if hasattr(row, "__dict__") else row._asdict() for row in rows]
+        self.snapshot = snap
+        return snap
+
+    @staticmethod
+    def pair_counts(states, split: str):
+        E = _engine()
+        counts = E.PairCounts()
+        for a, b, w, n in S.iter_counts(S.merge_counts(states, split)):
+            counts.add(a, b, w, n=n)
+        return counts
+
+
+def create_app(cfg: Config, **kw) -> Stream:
+    return Stream(cfg, **kw)
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--web-port", type=int, default=6066, help="port of the web server (/leaderboard), default 6066")
+    p.add_argument("--without-web", action="store_true", help="run without the web server")
+
+
+def run(args, cfg: Config) -> int:
+    from arena_flywheel.broker import kafka_for
+    from arena_flywheel.cli import UsageError
+
+    if not 0 < args.web_port < 65536:
+        raise UsageError("--web-port must be 1..65535, e.g. --web-port 6066")
+    if cfg.arena.battle_plan == "target-vs-all" and not cfg.arena.targets:
+        log.warning("battle plan target-vs-all with no arena.targets: the pairing agent makes no battles")
+    with kafka_for(cfg) as (cfg, embedded):
+        if embedded:
+            print(f"arena stream: embedded broker at {cfg.kafka.bootstrap_servers} (topics vanish on exit)",
+                  file=sys.stderr)
+        stream = Stream(cfg, web_port=args.web_port, web=not args.without_web)
+        worker = faust.Worker(stream.app, loglevel=logging.getLogger().getEffectiveLevel() or logging.WARNING,
+                              quiet=True, redirect_stdouts=False, override_logging=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            return int(exc.code or 0)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    # `python -m streams.app [--config PATH] [--web-port N] [--without-web]`: same as `arena stream`
+    from arena_flywheel.cli import main as cli_main
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    config = []
+    if "--config" in argv:
+        i = argv.index("--config")
+        config, argv = argv[i:i + 2], argv[:i] + argv[i + 2:]
+    return cli_main([*config, "stream", *argv])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""Pure state logic of the stream agents (no Faust here, so it is testable and reusable).
+
+- pairing: which battles an instruction's responses make under a battle plan;
+- ratings: how a batch of verdicts changes one partition's state, its loss records and its failures.
+
+All state is plain JSON-able dicts: they are Faust table values, written to the changelog as one record
+each (a record is the unit that survives a crash, see docs/streams.md).
+"""
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Iterable
+
+from arena_flywheel.events import Battle, Contestant, Failure, Instruction, Message, Response, Verdict
+
+PLANS = ("target-vs-all", "round-robin", "sampled")
+# Winners that count in PairCounts; "invalid" verdicts are counted apart and never change ratings.
+RATED = ("model_a", "model_b", "tie", "tie (bothbad)")
+RECENT_IDS = 4096  # verdict ids kept inside the partition record (see dedupe in docs/streams.md)
+
+
+# ---------------------------------------------------------------------------------------------- pairing
+
+def instruction_record(ins: Instruction) -> dict[str, Any]:
+    return {"split": ins.split, "messages": [m.model_dump() for m in ins.messages], "reference": ins.reference,
+            "references": ins.references, "category": ins.category}
+
+
+def response_record(r: Response) -> dict[str, Any]:
+    return {"response_id": r.id, "model": r.model, "checkpoint": r.checkpoint, "answers": list(r.answers),
+            "sample": r.sample, "split": r.split}
+
+
+def add_response(rec: dict[str, Any], r: Response) -> bool:
+    """Keep one response per competitor (the lowest sample); True when the record changed."""
+    responses = rec.setdefault("responses", {})
+    old = responses.get(r.competitor)
+    if old is not None and (old["sample"], old["response_id"]) <= (r.sample, r.id):
+        return False
+    responses[r.competitor] = response_record(r)
+    return True
+
+
+def _rank(seed: int, instruction_id: str, a: str, b: str) -> str:
+    """A seeded pseudo-random key of an unordered pair; the k smallest are the sampled opponents.
+    Ranking pairs (instead of drawing from a list) makes the choice independent of arrival order."""
+    lo, hi = sorted((a, b))
+    return hashlib.sha256(f"{seed}\x00{instruction_id}\x00{lo}\x00{hi}".encode()).hexdigest()
+
+
+def plan_pairs(plan: str, competitors: dict[str, str], targets: Iterable[str], *, k: int = 2, seed: int = 0,
+               instruction_id: str = "") -> set[tuple[str, str]]:
+    """Unordered competitor pairs (sorted tuples) to battle. `competitors`: competitor name -> model name.
+
+    target-vs-all: every competitor of a target model against every non-target competitor;
+    round-robin: all pairs of distinct competitors;
+    sampled: each target competitor (every competitor when there are no targets) against its k
+    opponents of smallest seeded rank (seed, instruction id, pair).
+    A competitor never meets itself; checkpoints of one model are distinct competitors.
+    """
+    names = sorted(competitors)
+    tset = set(targets)
+    is_target = {n: competitors[n] in tset for n in names}
+    pairs: set[tuple[str, str]] = set()
+    if plan == "target-vs-all":
+        for t in (n for n in names if is_target[n]):
+            pairs.update(tuple(sorted((t, o))) for o in names if not is_target[o])
+    elif plan == "round-robin":
+        pairs.update((a, b) for i, a in enumerate(names) for b in names[i + 1:])
+    elif plan == "sampled":
+        players = [n for n in names if is_target[n]] or names
+        for p in players:
+            pool = [o for o in names if o != p and not (is_target[o] and tset and is_target[p])]
+            pool.sort(key=lambda o: _rank(seed, instruction_id, p, o))
+            pairs.update(tuple(sorted((p, o))) for o in pool[:k])
+    else:
+        raise ValueError(f"unknown battle plan {plan!r} (one of {', '.join(PLANS)})")
+    return pairs
+
+
+def new_battles(ins: dict[str, Any], rec: dict[str, Any], instruction_id: str, plan: str,
+                competitors_targets: Iterable[str], k: int, seed: int) -> list[Battle]:
+    """Battles of this instruction not emitted yet; marks them emitted in `rec`."""
+    responses = rec.get("responses", {})
+    emitted = set(rec.setdefault("emitted", []))
+    comps = {name: r["model"] for name, r in responses.items()}
+    out = []
+    for a_name, b_name in sorted(plan_pairs(plan, comps, competitors_targets, k=k, seed=seed,
+                                            instruction_id=instruction_id)):
+        ra, rb = sorted((responses[a_name], responses[b_name]), key=lambda r: r["response_id"])
+        battle = Battle(
+            instruction_id=instruction_id, split=ins["split"],
+            messages=[Message(**m) for m in ins["messages"]], reference=ins.get("reference"),
+            references=ins.get("references"), category=ins.get("category"), plan=plan,
+            a=Contestant(response_id=ra["response_id"], model=ra["model"], checkpoint=ra["checkpoint"],
+                         answers=ra["answers"]),
+            b=Contestant(response_id=rb["response_id"], model=rb["model"], checkpoint=rb["checkpoint"],
+                         answers=rb["answers"]))
+        if battle.id not in emitted:
+            emitted.add(battle.id)
+            out.append(battle)
+    rec["emitted"] = sorted(emitted)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- ratings
+
+def empty_partition_state() -> dict[str, Any]:
+    return {"offset": -1, "recent": [], "applied": 0, "duplicates": 0, "invalid": 0,
+            "counts": {"eval": {}, "train": {}}, "elo": {"eval": None, "train": None}}
+
+
+def count(counts: dict[str, dict[str, int]], a: str, b: str, winner: str) -> None:
+    cell = counts.setdefault(f"{a}\t{b}", {})
+    cell[winner] = cell.get(winner, 0) + 1
+
+
+def iter_counts(counts: dict[str, dict[str, int]]):
+    """(a, b, winner, n) rows of a counts dict, rated winners only."""
+    for pair, cell in counts.items():
+        a, _, b = pair.partition("\t")
+        for winner, n in cell.items():
+            if winner in RATED and n:
+                yield a, b, winner, n
+
+
+def merge_counts(states: Iterable[dict[str, Any]], split: str) -> dict[str, dict[str, int]]:
+    total: dict[str, dict[str, int]] = {}
+    for st in states:
+        for pair, cell in st["counts"].get(split, {}).items():
+            t = total.setdefault(pair, {})
+            for w, n in cell.items():
+                t[w] = t.get(w, 0) + n
+    return total
+
+
+def target_losses(v: Verdict, targets: set[str], margin: float) -> list[dict[str, Any]]:
+    """Loss entries of each target side of `v` that lost (winner is the other side), any margin."""
+    out = []
+    for side, other in (("a", "b"), ("b", "a")):
+        model = getattr(v, f"model_{side}")
+        if model not in targets or v.winner != f"model_{other}":
+            continue
+        out.append({"verdict_id": v.id, "battle_id": v.battle_id, "split": v.split,
+                    "target": model, "target_checkpoint": getattr(v, f"checkpoint_{side}"),
+                    "target_competitor": getattr(v, f"competitor_{side}"), "side": side,
+                    "opponent": getattr(v, f"competitor_{other}"),
+                    "score_target": getattr(v, f"score_{side}"), "score_opponent": getattr(v, f"score_{other}"),
+                    "margin": float(v.margin), "selected": v.split == "train" and v.margin >= margin,
+                    "judge": v.judge.model_dump()})
+    return out
+
+
+def failure_for(instruction_id: str, losses: dict[str, dict[str, Any]], target_competitor: str,
+                pairing: dict[str, Any] | None, ins: dict[str, Any] | None) -> Failure | None:
+    """The Failure record of one target competitor on one instruction, from its selected losses:
+    the winning answer is the one of the highest-margin loss seen so far. None without the answers."""
+    mine = [e for e in losses.values() if e["selected"] and e["target_competitor"] == target_competitor]
+    if not mine or not pairing or not ins:
+        return None
+    responses = pairing.get("responses", {})
+    best = max(mine, key=lambda e: (e["margin"], e["verdict_id"]))
+    t_resp, w_resp = responses.get(target_competitor), responses.get(best["opponent"])
+    if t_resp is None or w_resp is None:
+        return None
+    from arena_flywheel.events import JudgeInfo
+
+    return Failure(
+        instruction_id=instruction_id, split="train", target=best["target"],
+        target_checkpoint=best["target_checkpoint"], messages=[Message(**m) for m in ins["messages"]],
+        reference=ins.get("reference"), target_answers=t_resp["answers"], winner_model=best["opponent"],
+        winner_answers=w_resp["answers"], margin=best["margin"], score_target=best["score_target"],
+        score_winner=best["score_opponent"], battle_ids=sorted({e["battle_id"] for e in mine}),
+        verdict_ids=sorted(e["verdict_id"] for e in mine), losses=len(mine), judge=JudgeInfo(**best["judge"]))
