@@ -244,7 +244,13 @@ class Stream:
                 else:
                     self.stats["failures_without_answers"] += 1
         # 2) the partition record: offset + counts + Elo + this batch's ids, in one changelog record
-        st["recent"] = (st["recent"] + batch_ids)[-S.RECENT_IDS:]
+        # The previous batch's markers may have been lost in a crash right after its record landed (the
+        # record names them in "recent"): restore them before "recent" is replaced; then only this
+        # batch's ids need to be in the record, earlier markers precede it in the changelog partition.
+        for vid in st["recent"]:
+            if f"v:{vid}" not in self.ratings.data:
+                self._put(self.ratings, p, f"v:{vid}", 1)
+        st["recent"] = batch_ids
         self._put(self.ratings, p, key, st)
         # 3) processed-id markers for duplicates that arrive later as new records
         for vid in batch_ids:

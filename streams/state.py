@@ -16,7 +16,6 @@ from arena_flywheel.events import Battle, Contestant, Failure, Instruction, Mess
 PLANS = ("target-vs-all", "round-robin", "sampled")
 # Winners that count in PairCounts; "invalid" verdicts are counted apart and never change ratings.
 RATED = ("model_a", "model_b", "tie", "tie (bothbad)")
-RECENT_IDS = 4096  # verdict ids kept inside the partition record (see dedupe in docs/streams.md)
 
 
 # ---------------------------------------------------------------------------------------------- pairing

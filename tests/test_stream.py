@@ -166,3 +166,95 @@ def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker
     assert b.a.response_id < b.b.response_id
     dl = [e for e in events if e.SCHEMA == "arena.deadletter"]
     assert dl and "invalid JSON" in dl[0].reason and dl[0].source.startswith(cfg.topic("responses"))
+
+
+def wait_for(fn, timeout: float = 60.0, every: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = fn()
+        if out:
+            return out
+        time.sleep(every)
+    return fn()
+
+
+def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, worker_for):
+    """2,000 eval verdicts (+10% duplicates) with a kill -9 part-way; then a target's train loss -> Failure."""
+    E = pytest.importorskip("streams.engine")
+    rng = random.Random(7)
+    models = ["m0", "m1", "m2", "m3", "tgt"]
+    strength = {m: i * 0.5 for i, m in enumerate(models)}
+    verdicts = []
+    for i in range(2000):
+        a, b = rng.sample(models, 2)
+        p = 1 / (1 + 10 ** (strength[b] - strength[a]))
+        u = rng.random()
+        w = "tie" if u < 0.1 else "invalid" if u < 0.12 else "model_a" if rng.random() < p else "model_b"
+        verdicts.append(verdict(f"ins-{i % 300}", a, b, w, battle=f"bat-{i}"))
+    dups = rng.sample(verdicts, 200)
+    stream = verdicts[:1000] + dups[:100] + verdicts[1000:] + dups[100:]
+
+    w = worker_for(battle_plan="target-vs-all", targets=["tgt"])
+    pub = Publisher(cfg)
+    for v in stream[:800]:
+        pub.send(v)
+    pub.flush()
+    assert wait_for(lambda: (w.leaderboard() or {}).get("verdicts", 0) >= 300, timeout=90), "worker made no progress"
+    for v in stream[800:1300]:  # some of these are in flight when the worker dies
+        pub.send(v)
+    pub.flush()
+    w.kill9()
+    w.start()
+    for v in stream[1300:]:
+        pub.send(v)
+    # a target loss on the train split by >= failure_margin (2.0), with the battle's answers known
+    ins = instruction(9001)
+    pub.send(ins)
+    for m in ("tgt", "m3", "m4"):
+        pub.send(response(ins, m))
+    small = verdict(ins.id, "tgt", "m3", "model_b", split="train", margin=1.0, battle="bat-f1")
+    big = verdict(ins.id, "m4", "tgt", "model_a", split="train", margin=3.0, battle="bat-f2")
+    pub.send(small)
+    pub.send(big)
+    pub.send_raw(cfg.topic("verdicts"), b"k", json.dumps({"schema": "arena.verdict/1", "winner": "x"}).encode())
+    pub.flush()
+    pub.close()
+
+    unique = {v.id: v for v in verdicts}
+    total = len(unique) + 2
+    snap = wait_for(lambda: (s := w.leaderboard()) and s["verdicts"] >= total and s["rows"] and s, timeout=120)
+    assert snap and snap["verdicts"] == total, (snap or {}).get("verdicts")
+    time.sleep(1.0)
+    snap = w.leaderboard()
+    assert snap["verdicts"] == total  # nothing counted twice after settling either
+    print("duplicates", snap["duplicates"], "verdicts", snap["verdicts"])
+    assert snap["duplicates"] >= 200  # the re-sent ones at least (plus redelivery after the kill)
+
+    expected: dict = {}
+    for v in unique.values():
+        expected[(v.competitor_a, v.competitor_b, v.winner)] = expected.get((v.competitor_a, v.competitor_b, v.winner), 0) + 1
+    got = {(a, b, win): n for a, b, win, n in snap["counts"]["eval"]}
+    assert got == {k: n for k, n in expected.items() if k[2] != "invalid"}
+    assert snap["invalid"] == sum(v.winner == "invalid" for v in unique.values())
+
+    counts = E.PairCounts()
+    for (a, b, win), n in expected.items():
+        if win != "invalid":
+            counts.add(a, b, win, n=n)
+    offline = {r.model: r.rating for r in E.leaderboard(counts, ci="none", scale=400, base=10, init=1000)}
+    online = {r["model"]: r["rating"] for r in snap["rows"]}
+    assert online.keys() == offline.keys()
+    assert all(abs(online[m] - offline[m]) < 0.01 for m in offline), (online, offline)
+    assert sorted(online, key=online.get) == ["m0", "m1", "m2", "m3", "tgt"]  # the strengths were recovered
+
+    events = read_all(cfg, ["failures", "deadletter"],
+                      lambda got: any(e.SCHEMA == "arena.failure" for e in got)
+                      and any(e.SCHEMA == "arena.deadletter" for e in got), timeout=30)
+    failures = [e for e in events if e.SCHEMA == "arena.failure"]
+    assert failures, "no failure for a train loss of 3.0 >= margin 2.0"
+    f = failures[-1]
+    assert (f.instruction_id, f.target, f.winner_model, f.margin, f.losses) == (ins.id, "tgt", "m4", 3.0, 1)
+    assert f.winner_answers == response(ins, "m4").answers and f.target_answers == response(ins, "tgt").answers
+    assert f.messages == ins.messages and f.reference == ins.reference and f.verdict_ids == [big.id]
+    dl = [e for e in events if e.SCHEMA == "arena.deadletter"]
+    assert any(d.source.startswith(cfg.topic("verdicts")) and "arena.verdict" in d.reason for d in dl)
