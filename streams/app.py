@@ -11,7 +11,7 @@ import argparse
 import logging
 import sys
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 BATCH = 500          # verdicts per ratings batch: one state record per partition per batch
 BATCH_WITHIN = 0.02  # seconds a batch may wait to fill; bounds the added latency
+LATENCY_WINDOW = 500  # /stats reports p50/p99 over the last this many verdicts
 
 
 # Faust passes fetch_max_wait_ms=1500 to aiokafka unconditionally; on a quiet topic every fetch then
@@ -105,6 +106,8 @@ class Stream:
         self.snapshot: dict[str, Any] = {"rows": [], "elo": {}, "counts": {}, "verdicts": 0, "generated_at": None}
         self._warm = None
         self.stats = defaultdict(int)
+        self._seen: dict[int, tuple[dict, set[str]]] = {}
+        self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._register()
 
     # -------------------------------------------------------------------------------- helpers
@@ -179,7 +182,7 @@ class Stream:
 
         @app.page("/stats")
         async def stats_page(web, request):
-            return web.json(dict(self.stats))
+            return web.json(self.stats_view())
 
         self.agents = (pairing, ratings)
 
@@ -190,9 +193,11 @@ class Stream:
         targets = set(cfg.arena.targets)
         key = f"p:{p}"
         st = self.ratings.data.get(key) or S.empty_partition_state()
-        recent = set(st["recent"])
+        seen = self._seen_ids(p, st)
         elos = {}
         batch_ids: list[str] = []
+        batch_set: set[str] = set()
+        created: list[float] = []
         touched: dict[str, dict] = {}
         for event in events:
             off = event.message.offset
@@ -205,10 +210,12 @@ class Stream:
             except BadEvent as exc:
                 await self._dead(event, exc.reason, "stream.ratings")
                 continue
-            if v.id in recent or f"v:{v.id}" in self.ratings.data or v.id in batch_ids:
+            if v.id in seen or v.id in batch_set:
                 st["duplicates"] += 1
                 continue
             batch_ids.append(v.id)
+            batch_set.add(v.id)
+            created.append(v.created_at)
             st["applied"] += 1
             S.count(st["counts"][v.split], v.competitor_a, v.competitor_b, v.winner)
             if v.winner == "invalid":
@@ -244,19 +251,47 @@ class Stream:
                 else:
                     self.stats["failures_without_answers"] += 1
         # 2) the partition record: offset + counts + Elo + this batch's ids, in one changelog record
-        # The previous batch's markers may have been lost in a crash right after its record landed (the
-        # record names them in "recent"): restore them before "recent" is replaced; then only this
-        # batch's ids need to be in the record, earlier markers precede it in the changelog partition.
-        for vid in st["recent"]:
-            if f"v:{vid}" not in self.ratings.data:
-                self._put(self.ratings, p, f"v:{vid}", 1)
-        st["recent"] = batch_ids
+        # The previous batch's id record may have been lost in a crash right after the partition record
+        # landed (that record names it in "recent"): restore it before "recent" is replaced. Then only
+        # this batch's ids need to be in the record: earlier id records precede it in the changelog.
+        prev = st.get("recent_key")
+        if prev and prev not in self.ratings.data:
+            self._put(self.ratings, p, prev, st["recent"])
+        if batch_ids:
+            st["recent"], st["recent_key"] = batch_ids, f"b:{p}:{st['offset']}"
         self._put(self.ratings, p, key, st)
-        # 3) processed-id markers for duplicates that arrive later as new records
-        for vid in batch_ids:
-            self._put(self.ratings, p, f"v:{vid}", 1)
+        # 3) the batch's processed ids, one record, for duplicates that arrive later as new records
+        if batch_ids:
+            self._put(self.ratings, p, st["recent_key"], batch_ids)
+            seen.update(batch_ids)
         self.stats["verdicts"] += len(batch_ids)
-        self.stats["last_update"] = time.time()
+        now = time.time()
+        self.stats["last_update"] = now
+        # produce -> table-update latency (created_at is stamped by the producer; same clock on one host)
+        self.latencies.extend(now - t for t in created)
+
+    def _seen_ids(self, p: int, st: dict) -> set[str]:
+        """Processed verdict ids of partition p, cached per process. The cache belongs to the partition
+        record object it was built with: after a recovery or reassignment Faust puts a new object there,
+        and the set is rebuilt from the table's id records."""
+        cached = self._seen.get(p)
+        if cached is not None and cached[0] is st:
+            return cached[1]
+        prefix = f"b:{p}:"
+        seen: set[str] = set(st.get("recent", []))
+        for k, ids in list(self.ratings.data.items()):
+            if isinstance(k, str) and k.startswith(prefix):
+                seen.update(ids)
+        self._seen[p] = (st, seen)
+        return seen
+
+    def stats_view(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(self.stats)
+        lat = sorted(self.latencies)
+        if lat:
+            out["latency_ms"] = {"n": len(lat), "p50": 1000 * lat[len(lat) // 2],
+                                 "p99": 1000 * lat[min(len(lat) - 1, int(0.99 * len(lat)))]}
+        return out
 
     # -------------------------------------------------------------------------------- leaderboard
     def partition_states(self) -> list[dict]:

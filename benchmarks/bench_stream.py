@@ -1,0 +1,181 @@
+"""Verdicts through the Faust ratings agent: events/s and produce -> table-update latency, next to the raw
+aiokafka consume rate of the same broker in the same run.
+
+    python benchmarks/bench_stream.py [--verdicts 20000] [--partitions 2] [--paced 500] [--rate 100]
+                                      [--fetch-wait-ms 20]
+
+Starts the embedded Tansu broker (or uses $KAFKA_BOOTSTRAP_SERVERS) and a real worker process
+(`python -m streams.app`), with a fresh topic prefix. Phases:
+1. raw: --verdicts encoded verdicts are produced, then read back by a plain AIOKafkaConsumer (all
+   partitions assigned, no group, no processing): the broker + client ceiling.
+2. throughput: the worker starts, applies one verdict and stops; the same number of new verdicts is
+   produced; the worker restarts and drains them. events/s = verdicts after its first batch / (first
+   batch applied -> all applied, from the worker's /stats).
+3. latency: --paced verdicts sent one at a time at --rate per second; the worker stamps
+   now - verdict.created_at when its table is updated; p50/p99 from its /stats.
+--fetch-wait-ms 1500 reproduces Faust's own (hard-coded) fetch wait for comparison.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from arena_flywheel.broker import EmbeddedBroker, free_port  # noqa: E402
+from arena_flywheel.config import load_config  # noqa: E402
+from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
+from arena_flywheel.kafka import Publisher, TopicSpec, ensure_topics  # noqa: E402
+
+MODELS = [f"m{i}" for i in range(10)]
+JUDGE = JudgeInfo(backend="reference", template_id="bench")
+
+
+def make_verdict(i: int, tag: str, rng: random.Random) -> Verdict:
+    a, b = rng.sample(MODELS, 2)
+    return Verdict(battle_id=f"{tag}-{i}", instruction_id=f"ins-{i % 997}", split="eval", competitor_a=a,
+                   competitor_b=b, model_a=a, model_b=b, winner=rng.choice(["model_a", "model_b", "tie"]),
+                   margin=1.0, judge=JUDGE)
+
+
+def stats(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return {}
+
+
+def wait_applied(port: int, n: int, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if stats(port).get("verdicts", 0) >= n:
+            return time.monotonic()
+        time.sleep(0.01)
+    raise SystemExit(f"worker applied {stats(port).get('verdicts', 0)} of {n} verdicts in {timeout:.0f}s")
+
+
+async def raw_consume(cfg, topic: str, n: int) -> float:
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    c = AIOKafkaConsumer(bootstrap_servers=cfg.kafka.bootstrap_servers, enable_auto_commit=False,
+                         auto_offset_reset="earliest", fetch_max_wait_ms=cfg.kafka.fetch_max_wait_ms)
+    await c.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(c.partitions_for_topic(topic) or [])]
+        c.assign(tps)
+        await c.seek_to_beginning(*tps)
+        t0, got = time.perf_counter(), 0
+        while got < n:
+            batch = await c.getmany(timeout_ms=1000, max_records=10_000)
+            got += sum(len(v) for v in batch.values())
+        return time.perf_counter() - t0
+    finally:
+        await c.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--verdicts", type=int, default=20_000)
+    ap.add_argument("--partitions", type=int, default=2)
+    ap.add_argument("--paced", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--fetch-wait-ms", type=int, default=20)
+    args = ap.parse_args()
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
+    prefix = f"bench{os.getpid()}."
+    cfg = load_config(env={}, overrides={"kafka.bootstrap_servers": bootstrap, "kafka.topic_prefix": prefix,
+                                         "kafka.partitions": args.partitions,
+                                         "kafka.fetch_max_wait_ms": args.fetch_wait_ms, "data_dir": str(tmp)})
+    ensure_topics(cfg)
+    rng = random.Random(0)
+    worker = None
+    try:
+        # 1. raw consume rate of the same broker (a scratch topic with the same partitions)
+        raw_topic = cfg.topic("bench-raw")
+        ensure_topics(cfg, [TopicSpec("bench-raw", "instruction id")])
+        pub = Publisher(cfg, linger_ms=20, batch_size=256 * 1024)
+        payloads = [make_verdict(i, "raw", rng) for i in range(args.verdicts)]
+        for v in payloads:
+            pub.send(v, topic=raw_topic)
+        pub.flush()
+        raw_s = asyncio.run(raw_consume(cfg, raw_topic, args.verdicts))
+
+        # 2. throughput through the ratings agent
+        conf = tmp / "arena.toml"
+        conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\n'
+                        f'topic_prefix = "{prefix}"\npartitions = {args.partitions}\n'
+                        f"fetch_max_wait_ms = {args.fetch_wait_ms}\n[ratings]\nrefresh_s = 5.0\n")
+        port = free_port()
+
+        def start_worker():
+            return subprocess.Popen([sys.executable, "-m", "streams.app", "--config", str(conf), "--web-port",
+                                     str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"),
+                                    stderr=subprocess.STDOUT)
+
+        worker = start_worker()
+        pub.send(make_verdict(0, "warm", rng))
+        pub.flush()
+        wait_applied(port, 1, 120)  # joined, topics and tables created
+        # The backlog is produced while the worker is stopped, so the measured rate is the agent's
+        # (kafka-python's producer alone is slower than the agent on this broker).
+        worker.terminate()
+        worker.wait(30)
+        for i in range(args.verdicts):
+            pub.send(make_verdict(i, "burst", rng))
+        pub.flush()
+        worker = start_worker()
+        t0 = wait_applied(port, 1, 120)  # first batch applied: recovery and the group join are over
+        n0 = stats(port).get("verdicts", 0)
+        t_done = wait_applied(port, args.verdicts, 600)
+        agent_rate = (args.verdicts - n0) / max(t_done - t0, 1e-9)
+
+        # 3. paced latency
+        paced = Publisher(cfg, linger_ms=0)
+        for i in range(args.paced):
+            paced.send(make_verdict(i, "paced", rng))  # created_at stamped here, just before the send
+            paced.flush()
+            time.sleep(1.0 / args.rate)
+        wait_applied(port, args.verdicts + args.paced, 60)
+        lat = stats(port).get("latency_ms", {})
+        paced.close()
+        pub.close()
+
+        print(f"broker {bootstrap} ({'embedded Tansu' if broker else 'external'}), {args.partitions} partitions, "
+              f"{args.verdicts} verdicts, fetch wait {args.fetch_wait_ms} ms")
+        print(f"raw aiokafka consume        : {args.verdicts / raw_s:10.0f} records/s  ({raw_s:.2f} s)")
+        print(f"ratings agent (backlog)     : {agent_rate:10.0f} verdicts/s  ({args.verdicts - n0} verdicts after "
+              f"the first batch, {t_done - t0:.2f} s)")
+        print(f"ratings agent / raw consume : {agent_rate / (args.verdicts / raw_s):10.3f}")
+        print(f"produce -> table update     : p50 {lat.get('p50', float('nan')):.1f} ms, "
+              f"p99 {lat.get('p99', float('nan')):.1f} ms over {lat.get('n', 0)} verdicts at {args.rate:g}/s")
+        return 0
+    finally:
+        if worker is not None:
+            worker.terminate()
+            try:
+                worker.wait(20)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
