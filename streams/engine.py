@@ -1,0 +1,417 @@
+"""The rating engine shared by the stream, the CLI, `arena watch` and the demo (pure numpy/scipy).
+
+Bradley-Terry in FastChat's parametrisation: P(a beats b) = 1 / (1 + base ** ((R_b - R_a) / scale)),
+ties count half a win to each side, ratings are centred on `init` (or shifted so `anchor` has
+`anchor_rating`). The likelihood depends on the data only through the n x n matrices of wins and ties,
+so every fit (and every bootstrap refit) works on those matrices, never on the battle rows. See
+docs/ratings.md for the maths, the confidence intervals and measured speed.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+# Winners that change ratings; "invalid" (and anything else) is ignored.
+A_WINS, B_WINS = "model_a", "model_b"
+TIES = ("tie", "tie (bothbad)")
+# L2 penalty on the natural-log strengths, (L2 / 2) * sum(theta^2): keeps undefeated/winless models
+# finite and the system identifiable; with >= a few battles per model its effect is far below 0.01 Elo.
+L2 = 1e-4
+
+
+# ------------------------------------------------------------------------------------------ counts
+
+class PairCounts:
+    """Sufficient statistics of Bradley-Terry: wins[i, j] = times i beat j, ties[i, j] = ties[j, i]."""
+
+    def __init__(self, models: Iterable[str] = ()):
+        self.models: list[str] = []
+        self.index: dict[str, int] = {}
+        self.wins = np.zeros((0, 0), dtype=np.int64)
+        self.ties = np.zeros((0, 0), dtype=np.int64)
+        for m in models:
+            self._idx(m)
+
+    def _idx(self, m: str) -> int:
+        i = self.index.get(m)
+        if i is not None:
+            return i
+        i = len(self.models)
+        self.models.append(m)
+        self.index[m] = i
+        n = i + 1
+        if self.wins.shape[0] < n:  # grow by doubling so adding models one at a time stays cheap
+            cap = max(8, 2 * self.wins.shape[0])
+            for name in ("wins", "ties"):
+                old = getattr(self, name)
+                new = np.zeros((cap, cap), dtype=np.int64)
+                new[: old.shape[0], : old.shape[1]] = old
+                setattr(self, name, new)
+        return i
+
+    # Views trimmed to the registered models (the arrays may have spare capacity).
+    @property
+    def W(self) -> np.ndarray:
+        n = len(self.models)
+        return self.wins[:n, :n]
+
+    @property
+    def T(self) -> np.ndarray:
+        n = len(self.models)
+        return self.ties[:n, :n]
+
+    def add(self, a: str, b: str, winner: str, n: int = 1) -> None:
+        if winner == A_WINS:
+            i, j = self._idx(a), self._idx(b)
+            self.wins[i, j] += n
+        elif winner == B_WINS:
+            i, j = self._idx(a), self._idx(b)
+            self.wins[j, i] += n
+        elif winner in TIES:
+            i, j = self._idx(a), self._idx(b)
+            self.ties[i, j] += n
+            self.ties[j, i] += n
+        # invalid verdicts never change ratings
+
+    @classmethod
+    def from_battles(cls, rows: Iterable[tuple[str, str, str]]) -> "PairCounts":
+        c = cls()
+        for a, b, w in rows:
+            c.add(a, b, w)
+        return c
+
+    @classmethod
+    def from_arrays(cls, models: list[str], a: np.ndarray, b: np.ndarray, outcome: np.ndarray) -> "PairCounts":
+        """Vectorised constructor: a, b model indices into `models`; outcome 0 = a wins, 1 = tie, 2 = b wins."""
+        c = cls(models)
+        n = len(models)
+        a = np.asarray(a, dtype=np.int64)
+        b = np.asarray(b, dtype=np.int64)
+        outcome = np.asarray(outcome)
+        cells = np.bincount(outcome * n * n + a * n + b, minlength=3 * n * n).reshape(3, n, n)
+        c.wins[:n, :n] = cells[0] + cells[2].T
+        c.ties[:n, :n] = cells[1] + cells[1].T
+        return c
+
+    def merge(self, other: "PairCounts") -> "PairCounts":
+        idx = np.array([self._idx(m) for m in other.models], dtype=np.int64)
+        if len(idx):
+            self.wins[np.ix_(idx, idx)] += other.W
+            self.ties[np.ix_(idx, idx)] += other.T
+        return self
+
+    def copy(self) -> "PairCounts":
+        c = PairCounts()
+        c.models = list(self.models)
+        c.index = dict(self.index)
+        c.wins = self.wins.copy()
+        c.ties = self.ties.copy()
+        return c
+
+    def battles(self, model: str) -> int:
+        i = self.index.get(model)
+        if i is None:
+            return 0
+        W, T = self.W, self.T
+        return int(W[i].sum() + W[:, i].sum() + T[i].sum())
+
+    @property
+    def total(self) -> int:
+        return int(self.W.sum() + np.triu(self.T, 1).sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        W, T = self.W, self.T
+        wi, wj = np.nonzero(W)
+        ti, tj = np.nonzero(np.triu(T, 1))
+        return {"models": list(self.models),
+                "wins": [[int(i), int(j), int(W[i, j])] for i, j in zip(wi, wj)],
+                "ties": [[int(i), int(j), int(T[i, j])] for i, j in zip(ti, tj)]}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PairCounts":
+        c = cls(d.get("models", []))
+        for i, j, n in d.get("wins", []):
+            c.wins[i, j] += n
+        for i, j, n in d.get("ties", []):
+            c.ties[i, j] += n
+            c.ties[j, i] += n
+        return c
+
+    def __repr__(self) -> str:
+        return f"PairCounts({len(self.models)} models, {self.total} battles)"
+
+
+# ------------------------------------------------------------------------------------------ fitting
+
+def _newton(S: np.ndarray, N: np.ndarray, theta: np.ndarray, l2: float = L2, tol: float = 1e-10,
+            max_iter: int = 100) -> np.ndarray:
+    """Maximise sum_ij S_ij log sigmoid(t_i - t_j) - l2/2 |t|^2 for a batch (R, n, n) of score matrices
+    S (wins + ties/2) and game matrices N (symmetric). Newton with the exact Hessian (a weighted
+    Laplacian + l2 I, positive definite); steps are capped so a cold start on lopsided data cannot
+    overshoot. Converges in a handful of iterations; a warm start from the last solution in 1-3."""
+    R, n = theta.shape
+    eye = np.eye(n)
+    for _ in range(max_iter):
+        D = theta[:, :, None] - theta[:, None, :]
+        P = 1.0 / (1.0 + np.exp(-D))
+        g = (S - N * P).sum(axis=2) - l2 * theta
+        M = N * P * (1.0 - P)
+        H = -M
+        H += (M.sum(axis=2) + l2)[:, :, None] * eye
+        step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
+        big = np.abs(step).max(axis=1, keepdims=True)
+        step *= np.minimum(1.0, 3.0 / np.maximum(big, 1e-300))
+        theta = theta + step
+        if big.max() < tol:
+            break
+    return theta
+
+
+def _score_games(W: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    S = W + 0.5 * T
+    return S, S + S.swapaxes(-1, -2)
+
+
+def _to_ratings(theta: np.ndarray, models: list[str], *, scale: float, base: float, init: float,
+                anchor: str | None, anchor_rating: float | None) -> np.ndarray:
+    """Natural-log strengths -> ratings: centred on init, or the anchor pinned to anchor_rating."""
+    r = theta * (scale / math.log(base))
+    if anchor is not None:
+        if anchor not in models:
+            raise ValueError(f"anchor model {anchor!r} has no battles")
+        i = models.index(anchor)
+        return r - r[..., i: i + 1] + (init if anchor_rating is None else anchor_rating)
+    return r - r.mean(axis=-1, keepdims=True) + init
+
+
+def _warm_theta(counts: PairCounts, warm: dict[str, float] | None, scale: float, base: float) -> np.ndarray:
+    theta = np.zeros(len(counts.models))
+    if warm:
+        known = [(i, warm[m]) for i, m in enumerate(counts.models) if m in warm]
+        if known:
+            mean = sum(r for _, r in known) / len(known)
+            for i, r in known:
+                theta[i] = (r - mean) * math.log(base) / scale
+    return theta
+
+
+def fit_theta(counts: PairCounts, warm_theta: np.ndarray | None = None) -> np.ndarray:
+    S, N = _score_games(counts.W.astype(float), counts.T.astype(float))
+    t0 = np.zeros(len(counts.models)) if warm_theta is None else warm_theta
+    return _newton(S[None], N[None], t0[None].astype(float))[0]
+
+
+def fit_bt(counts: PairCounts, *, scale: float = 400.0, base: float = 10.0, init: float = 1000.0,
+           anchor: str | None = None, anchor_rating: float | None = None,
+           warm: dict[str, float] | None = None) -> dict[str, float]:
+    """Bradley-Terry maximum likelihood ratings {model: rating} (ties = half a win to each side)."""
+    if not counts.models:
+        return {}
+    theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
+    r = _to_ratings(theta, counts.models, scale=scale, base=base, init=init, anchor=anchor,
+                    anchor_rating=anchor_rating)
+    return {m: float(x) for m, x in zip(counts.models, r)}
+
+
+def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: float = 400.0, base: float = 10.0,
+              init: float = 1000.0, anchor: str | None = None, anchor_rating: float | None = None,
+              warm: dict[str, float] | None = None, theta: np.ndarray | None = None) -> np.ndarray:
+    """Ratings of `rounds` bootstrap replicates, shape (rounds, len(models)).
+
+    Resampling the battles with replacement (FastChat) is the same as one multinomial draw of the
+    total over the (pair, outcome) cells with the observed frequencies, so we draw that directly and
+    refit every replicate at once (batched Newton, warm-started at the point estimate)."""
+    n = len(counts.models)
+    if rounds <= 0 or n == 0:
+        return np.zeros((max(rounds, 0), n))
+    W, T = counts.W, counts.T
+    iu, ju = np.triu_indices(n, 1)
+    cells = np.stack([W[iu, ju], T[iu, ju], W[ju, iu]], axis=1)  # (pairs, 3): i wins, tie, j wins
+    keep = cells.sum(axis=1) > 0
+    iu, ju, cells = iu[keep], ju[keep], cells[keep]
+    total = int(cells.sum())
+    rng = np.random.default_rng(seed)
+    flat = cells.ravel().astype(float)
+    draws = rng.multinomial(total, flat / flat.sum(), size=rounds).reshape(rounds, -1, 3).astype(float)
+    Wr = np.zeros((rounds, n, n))
+    Tr = np.zeros((rounds, n, n))
+    Wr[:, iu, ju] = draws[:, :, 0]
+    Wr[:, ju, iu] = draws[:, :, 2]
+    Tr[:, iu, ju] = draws[:, :, 1]
+    Tr[:, ju, iu] = draws[:, :, 1]
+    S, N = _score_games(Wr, Tr)
+    if theta is None:
+        theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
+    th = _newton(S, N, np.repeat(theta[None], rounds, axis=0), tol=1e-7)
+    return _to_ratings(th, counts.models, scale=scale, base=base, init=init, anchor=anchor,
+                       anchor_rating=anchor_rating)
+
+
+def sandwich_ci(counts: PairCounts, ratings: dict[str, float] | None = None, *, scale: float = 400.0,
+                base: float = 10.0, init: float = 1000.0, anchor: str | None = None,
+                anchor_rating: float | None = None, warm: dict[str, float] | None = None,
+                z: float = 1.959963984540054) -> dict[str, tuple[float, float]]:
+    """95% intervals from the robust (sandwich) covariance H^-1 J H^-1 of the strengths, where J sums
+    the outer products of per-battle scores (grouped by pair and outcome). Intervals are for the
+    ratings as reported: contrasts with the anchor, or deviations from the mean without one."""
+    models = counts.models
+    n = len(models)
+    if n == 0:
+        return {}
+    if ratings is None:
+        ratings = fit_bt(counts, scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating,
+                         warm=warm)
+    k = math.log(base) / scale
+    theta = np.array([ratings[m] for m in models]) * k
+    W, T = counts.W.astype(float), counts.T.astype(float)
+    P = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
+    N = W + W.T + T
+    M = N * P * (1.0 - P)
+    H = np.diag(M.sum(axis=1) + L2) - M
+    # per-battle score of pair (i, j) is (y - p_ij)(e_i - e_j), y = 1, 1/2, 0
+    V = W * (1.0 - P) ** 2 + W.T * P ** 2 + T * (0.5 - P) ** 2
+    V = np.triu(V + V.T, 1)
+    V = V + V.T
+    J = np.diag(V.sum(axis=1)) - V
+    Hi = np.linalg.inv(H)
+    C = Hi @ J @ Hi
+    if anchor is not None:
+        a = models.index(anchor)
+        var = np.diag(C) + C[a, a] - 2 * C[:, a]
+    else:
+        Pc = np.eye(n) - 1.0 / n
+        var = np.diag(Pc @ C @ Pc)
+    sd = np.sqrt(np.maximum(var, 0.0)) / k
+    return {m: (ratings[m] - z * s, ratings[m] + z * s) for m, s in zip(models, sd)}
+
+
+def rank_with_ci(lower, upper) -> list[int]:
+    """FastChat's rule: 1 + the number of models whose lower bound is above my upper bound."""
+    lo = np.asarray(lower, dtype=float)
+    up = np.asarray(upper, dtype=float)
+    return [int(1 + (lo > u).sum()) for u in up]
+
+
+# ------------------------------------------------------------------------------------------ online Elo
+
+class OnlineElo:
+    """Sequential Elo as FastChat's compute_online_elo (K=4, init 1000, scale 400, base 10)."""
+
+    def __init__(self, k: float = 4.0, init: float = 1000.0, scale: float = 400.0, base: float = 10.0):
+        self.k, self.init, self.scale, self.base = float(k), float(init), float(scale), float(base)
+        self.ratings: dict[str, float] = {}
+
+    def update(self, a: str, b: str, winner: str) -> None:
+        if winner == A_WINS:
+            sa = 1.0
+        elif winner == B_WINS:
+            sa = 0.0
+        elif winner in TIES:
+            sa = 0.5
+        else:
+            return
+        ra = self.ratings.get(a, self.init)
+        rb = self.ratings.get(b, self.init)
+        ea = 1.0 / (1.0 + self.base ** ((rb - ra) / self.scale))
+        self.ratings[a] = ra + self.k * (sa - ea)
+        self.ratings[b] = rb + self.k * ((1.0 - sa) - (1.0 - ea))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"k": self.k, "init": self.init, "scale": self.scale, "base": self.base,
+                "ratings": dict(self.ratings)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "OnlineElo":
+        e = cls(k=d.get("k", 4.0), init=d.get("init", 1000.0), scale=d.get("scale", 400.0),
+                base=d.get("base", 10.0))
+        e.ratings = {m: float(r) for m, r in d.get("ratings", {}).items()}
+        return e
+
+
+# ------------------------------------------------------------------------------------------ leaderboard
+
+@dataclass
+class Row:
+    model: str
+    rating: float
+    lower: float
+    upper: float
+    rank: int
+    battles: int
+    wins: int
+    ties: int
+    losses: int
+    win_rate: float  # (wins + ties / 2) / battles, against all opponents
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def leaderboard(counts: PairCounts, *, ci: str = "bootstrap", rounds: int = 100, seed: int = 0,
+                scale: float = 400.0, base: float = 10.0, init: float = 1000.0, anchor: str | None = None,
+                anchor_rating: float | None = None, warm: dict[str, float] | None = None) -> list[Row]:
+    """Rows sorted by rating (desc): BT rating, 95% CI (bootstrap percentiles, sandwich, or none:
+    lower = upper = rating), FastChat rank, battle counts and win rate."""
+    models = counts.models
+    if not models:
+        return []
+    if anchor is not None and anchor not in counts.index:
+        raise ValueError(f"anchor model {anchor!r} has no battles")
+    kw = dict(scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating)
+    theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
+    r = _to_ratings(theta, models, **kw)
+    ratings = {m: float(x) for m, x in zip(models, r)}
+    if ci == "bootstrap" and rounds > 0:
+        boot = bootstrap(counts, rounds=rounds, seed=seed, theta=theta, **kw)
+        lower = np.quantile(boot, 0.025, axis=0)
+        upper = np.quantile(boot, 0.975, axis=0)
+    elif ci == "sandwich":
+        iv = sandwich_ci(counts, ratings, **kw)
+        lower = np.array([iv[m][0] for m in models])
+        upper = np.array([iv[m][1] for m in models])
+    elif ci in ("none", "bootstrap"):
+        lower = upper = r
+    else:
+        raise ValueError(f"unknown ci {ci!r}: use bootstrap, sandwich or none")
+    ranks = rank_with_ci(lower, upper)
+    W, T = counts.W, counts.T
+    wins, losses, ties = W.sum(axis=1), W.sum(axis=0), T.sum(axis=1)
+    rows = []
+    for i, m in enumerate(models):
+        nb = int(wins[i] + losses[i] + ties[i])
+        rows.append(Row(model=m, rating=ratings[m], lower=float(lower[i]), upper=float(upper[i]), rank=ranks[i],
+                        battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
+                        win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
+    rows.sort(key=lambda row: (-row.rating, row.model))
+    return rows
+
+
+def win_rate_vs_baseline(counts: PairCounts, baseline: str, *, scale: float = 400.0, base: float = 10.0,
+                         ratings: dict[str, float] | None = None) -> dict[str, dict[str, float | int | None]]:
+    """Arena-hard / AlpacaEval style win rate of every model against `baseline`: `predicted` from the BT
+    ratings (defined even without direct battles), `observed` = (wins + ties/2) / battles against the
+    baseline directly (None without any), and that battle count."""
+    if baseline not in counts.index:
+        raise ValueError(f"baseline {baseline!r} has no battles")
+    if ratings is None:
+        ratings = fit_bt(counts, scale=scale, base=base)
+    b = counts.index[baseline]
+    W, T = counts.W, counts.T
+    out: dict[str, dict[str, float | int | None]] = {}
+    for m, i in counts.index.items():
+        n = int(W[i, b] + W[b, i] + T[i, b])
+        obs = float((W[i, b] + 0.5 * T[i, b]) / n) if n and i != b else None
+        pred = 1.0 / (1.0 + base ** ((ratings[baseline] - ratings[m]) / scale))
+        out[m] = {"predicted": pred, "observed": obs, "battles": n if i != b else 0}
+    return out
+
+
+def ratings_from_config(cfg_ratings) -> dict[str, Any]:
+    """leaderboard()/fit_bt() keyword arguments from cfg.ratings (RatingsConfig)."""
+    r = cfg_ratings
+    anchor = getattr(r, "anchor_model", None)
+    return {"rounds": r.bootstrap_rounds, "scale": r.scale, "base": r.base, "init": r.elo_init,
+            "anchor": anchor, "anchor_rating": r.anchor_rating if anchor else None}
