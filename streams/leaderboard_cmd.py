@@ -1,0 +1,212 @@
+"""`arena leaderboard`: fit a leaderboard offline from battles or verdicts (the stream's engine).
+
+Input rows (JSONL, a JSON list, or CSV with a header):
+- battles: model_a, model_b, winner in model_a | model_b | tie | tie (bothbad) (invalid rows are skipped);
+- verdicts (events or ledger rows): competitor_a/competitor_b (else model_a/model_b) with a winner, or
+  score_a and score_b: the higher score wins, |score_a - score_b| <= cfg.judge.tie_margin is a tie.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Iterable
+
+from arena_flywheel.cli import UsageError
+
+from .engine import PairCounts, Row, leaderboard, ratings_from_config
+
+WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)", "invalid")
+FIELDS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
+
+
+def add_arguments(parser) -> None:
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--battles", metavar="FILE", help="JSONL / JSON / CSV of battles or verdicts ('-' = stdin)")
+    src.add_argument("--from-ledger", action="store_true", help="read verdicts from the ledger at cfg.db.url")
+    parser.add_argument("--split", default=None,
+                        help="only rows of this split (default: eval with --from-ledger, every row of a file)")
+    parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
+    parser.add_argument("--ci", choices=("bootstrap", "sandwich", "none"), default="bootstrap")
+    parser.add_argument("--rounds", type=int, default=None, help="bootstrap rounds (default cfg.ratings)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--anchor", metavar="MODEL", default=None, help="pin this model's rating")
+    parser.add_argument("--anchor-rating", type=float, default=None, metavar="R")
+
+
+# ------------------------------------------------------------------------------------------- parsing
+
+def _winner(row: dict[str, Any], tie_margin: float, where: str) -> str:
+    w = row.get("winner")
+    if w not in (None, ""):
+        if w not in WINNERS:
+            raise UsageError(f"{where}: winner {w!r} is not one of {', '.join(WINNERS)}")
+        return w
+    sa, sb = row.get("score_a"), row.get("score_b")
+    if sa in (None, "") or sb in (None, ""):
+        raise UsageError(f"{where}: needs a winner or score_a and score_b")
+    try:
+        sa, sb = float(sa), float(sb)
+    except (TypeError, ValueError):
+        raise UsageError(f"{where}: score_a/score_b must be numbers") from None
+    if math.isnan(sa) or math.isnan(sb):
+        return "invalid"
+    if abs(sa - sb) <= tie_margin:
+        return "tie"
+    return "model_a" if sa > sb else "model_b"
+
+
+def battle_of(row: Any, tie_margin: float = 0.0, where: str = "row") -> tuple[str, str, str, str | None]:
+    """(a, b, winner, split) of one battle or verdict row; UsageError when it is neither."""
+    if not isinstance(row, dict):
+        raise UsageError(f"{where}: expected an object with model_a, model_b, winner")
+    a = row.get("competitor_a") or row.get("model_a")
+    b = row.get("competitor_b") or row.get("model_b")
+    if not isinstance(a, str) or not isinstance(b, str) or not a or not b:
+        raise UsageError(f"{where}: needs model_a and model_b (or competitor_a and competitor_b)")
+    if a == b:
+        raise UsageError(f"{where}: a model cannot battle itself ({a})")
+    return a, b, _winner(row, tie_margin, where), row.get("split") or None
+
+
+def read_rows(path: str) -> Iterable[tuple[str, dict]]:
+    """(location, row dict) of a JSONL, JSON-list or CSV file."""
+    if path == "-":
+        text, name = sys.stdin.read(), "<stdin>"
+    else:
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"{path}: no such file")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (UnicodeDecodeError, OSError) as exc:
+            raise UsageError(f"{path}: cannot read it as UTF-8 text ({exc.__class__.__name__})") from None
+        name = path
+    stripped = text.lstrip()
+    if not stripped:
+        raise UsageError(f"{name}: empty file")
+    if path.lower().endswith(".csv") or (stripped[0] not in "[{"):
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames or not ({"model_a", "competitor_a"} & set(reader.fieldnames)):
+            raise UsageError(f"{name}: not JSONL and no CSV header with model_a, model_b, winner")
+        for i, row in enumerate(reader, start=2):
+            yield f"{name}:{i}", row
+        return
+    if stripped[0] == "[":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
+        for i, row in enumerate(data):
+            yield f"{name}[{i}]", row
+        return
+    for i, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{name}:{i}: invalid JSON ({exc.msg})") from None
+        yield f"{name}:{i}", row
+
+
+def counts_from_file(path: str, tie_margin: float = 0.0, split: str | None = None) -> PairCounts:
+    counts = PairCounts()
+    for where, row in read_rows(path):
+        a, b, w, s = battle_of(row, tie_margin, where)
+        if split is None or s == split:
+            counts.add(a, b, w)
+    return counts
+
+
+def ledger_verdicts(url: str, split: str) -> list[tuple[str, str, str]]:
+    """Verdicts of `split` from the ledger: consumers.ledger's store when installed, else the
+    `payload` column of its `verdict` table read directly."""
+    try:
+        from consumers.ledger import LedgerStore  # type: ignore
+    except ImportError:
+        LedgerStore = None
+    if LedgerStore is not None:
+        store = LedgerStore(url)
+        try:
+            return [(v.competitor_a, v.competitor_b, v.winner) for v in store.events("verdict", split=split)]
+        finally:
+            close = getattr(store, "close", None)
+            if close:
+                close()
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    try:
+        if not sa.inspect(engine).has_table("verdict"):
+            raise UsageError(f"{url}: no verdict table; run `arena ledger` first or pass --battles FILE")
+        with engine.connect() as conn:
+            payloads = [r[0] for r in conn.execute(sa.text("SELECT payload FROM verdict"))]
+    except sa.exc.SQLAlchemyError as exc:
+        raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__})") from None
+    finally:
+        engine.dispose()
+    out = []
+    for i, p in enumerate(payloads):
+        row = json.loads(p) if isinstance(p, (str, bytes)) else p
+        a, b, w, s = battle_of(row, 0.0, f"verdict row {i}")
+        if s == split:
+            out.append((a, b, w))
+    return out
+
+
+# ------------------------------------------------------------------------------------------- output
+
+def _fmt(v: Any) -> str:
+    return f"{v:.1f}" if isinstance(v, float) else str(v)
+
+
+def render(rows: list[Row], fmt: str) -> str:
+    dicts = [{k: getattr(r, k) for k in FIELDS} for r in rows]
+    if fmt == "json":
+        return json.dumps(dicts, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+        w.writeheader()
+        for d in dicts:
+            w.writerow({k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()})
+        return buf.getvalue().rstrip("\n")
+    head = ("rank", "model", "rating", "95% CI", "battles", "win rate")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    for r in rows:
+        ci = f"{r.lower - r.rating:+.1f} / {r.upper - r.rating:+.1f}"
+        lines.append(f"| {r.rank} | {r.model} | {r.rating:.1f} | {ci} | {r.battles} | {100 * r.win_rate:.1f}% |")
+    return "\n".join(lines)
+
+
+def run(args, cfg) -> int:
+    if args.from_ledger:
+        split = args.split or "eval"
+        counts = PairCounts.from_battles(ledger_verdicts(cfg.db.url, split))
+        source = f"{cfg.db.url} ({split} split)"
+    else:
+        counts = counts_from_file(args.battles, cfg.judge.tie_margin, args.split)
+        source = args.battles
+    if not counts.models:
+        raise UsageError(f"{source}: no rated battles (all invalid, or none in split {args.split!r})")
+    kw = ratings_from_config(cfg.ratings)
+    if args.rounds is not None:
+        if args.rounds < 0:
+            raise UsageError("--rounds must be >= 0")
+        kw["rounds"] = args.rounds
+    if args.anchor is not None:
+        if args.anchor not in counts.index:
+            raise UsageError(f"--anchor {args.anchor}: that model has no battles in {source}")
+        kw["anchor"] = args.anchor
+        kw["anchor_rating"] = args.anchor_rating
+    elif args.anchor_rating is not None:
+        raise UsageError("--anchor-rating needs --anchor MODEL")
+    elif kw["anchor"] is not None and kw["anchor"] not in counts.index:
+        kw["anchor"] = kw["anchor_rating"] = None  # the configured anchor is absent from this data
+    rows = leaderboard(counts, ci=args.ci, seed=args.seed, **kw)
+    print(render(rows, args.format))
+    return 0

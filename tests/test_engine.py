@@ -1,0 +1,303 @@
+"""Rating engine and `arena leaderboard`: checked against a straightforward implementation (scipy on the
+raw per-battle log-likelihood), on simulated arenas with known strengths, and through the real CLI."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import minimize
+
+from arena_flywheel.cli import main
+from streams.engine import (L2, OnlineElo, PairCounts, bootstrap, fit_bt, leaderboard, rank_with_ci,
+                            ratings_from_config, sandwich_ci, win_rate_vs_baseline)
+
+LN10 = math.log(10)
+
+
+def simulate(strength: dict[str, float], n: int, seed: int, tie: float = 0.1) -> list[tuple[str, str, str]]:
+    """Battles from a BT model with the given ratings (scale 400, base 10), a share of ties."""
+    rng = np.random.default_rng(seed)
+    models = list(strength)
+    rows = []
+    for _ in range(n):
+        a, b = rng.choice(len(models), 2, replace=False)
+        ma, mb = models[a], models[b]
+        p = 1 / (1 + 10 ** ((strength[mb] - strength[ma]) / 400))
+        if rng.random() < tie:
+            rows.append((ma, mb, "tie"))
+        else:
+            rows.append((ma, mb, "model_a" if rng.random() < p else "model_b"))
+    return rows
+
+
+def reference_fit(rows, l2: float = 0.0) -> dict[str, float]:
+    """Independent BT: minimise the per-battle negative log-likelihood (tie = 1/2 outcome) with scipy,
+    FastChat's parametrisation, centred on 1000."""
+    models = sorted({m for a, b, _ in rows for m in (a, b)})
+    ix = {m: i for i, m in enumerate(models)}
+    a = np.array([ix[r[0]] for r in rows])
+    b = np.array([ix[r[1]] for r in rows])
+    y = np.array([{"model_a": 1.0, "model_b": 0.0}.get(r[2], 0.5) for r in rows])
+
+    def nll(t):  # t: natural-log strengths, rating = t * 400 / ln 10
+        d = t[a] - t[b]
+        return np.sum(np.logaddexp(0, -d) * y + np.logaddexp(0, d) * (1 - y)) + l2 / 2 * np.sum(t ** 2)
+
+    res = minimize(nll, np.zeros(len(models)), method="BFGS", options={"gtol": 1e-10})
+    r = res.x * 400 / LN10
+    r = r - r.mean() + 1000
+    return dict(zip(models, r))
+
+
+STRENGTH = {"a": 1200.0, "b": 1100.0, "c": 1000.0, "d": 950.0, "e": 750.0}
+
+
+def test_fit_agrees_with_a_straightforward_maximum_likelihood():
+    rows = simulate(STRENGTH, 600, seed=1)
+    got = fit_bt(PairCounts.from_battles(rows))
+    ref = reference_fit(rows, l2=L2)
+    assert got.keys() == ref.keys()
+    assert max(abs(got[m] - ref[m]) for m in got) < 1e-3
+    assert abs(np.mean(list(got.values())) - 1000) < 1e-9  # centred on init without an anchor
+    # the default L2 is negligible with this much data
+    assert max(abs(got[m] - v) for m, v in reference_fit(rows).items()) < 0.01
+
+
+def test_ties_count_half_a_win_each():
+    c = PairCounts()
+    c.add("x", "y", "tie", n=10)
+    c.add("x", "y", "tie (bothbad)", n=10)
+    r = fit_bt(c)
+    assert abs(r["x"] - r["y"]) < 1e-9
+    # 3 wins + 2 ties vs 1 win + 2 ties: score 4 of 8 vs ... = same as 4 wins to 2 losses
+    t = PairCounts()
+    t.add("x", "y", "model_a", n=3)
+    t.add("x", "y", "model_b", n=1)
+    t.add("y", "x", "tie", n=2)
+    d = PairCounts()
+    d.add("x", "y", "model_a", n=4)
+    d.add("x", "y", "model_b", n=2)
+    rt, rd = fit_bt(t), fit_bt(d)
+    assert abs((rt["x"] - rt["y"]) - (rd["x"] - rd["y"])) < 1e-6
+    assert abs((rd["x"] - rd["y"]) - 400 * math.log10(2)) < 0.01  # 2:1 odds = 120.4 Elo
+
+
+def test_anchor_pins_a_model_and_keeps_differences():
+    rows = simulate(STRENGTH, 400, seed=2)
+    c = PairCounts.from_battles(rows)
+    free = fit_bt(c)
+    pinned = fit_bt(c, anchor="c", anchor_rating=1114.0)
+    assert pinned["c"] == pytest.approx(1114.0)
+    assert all(abs((pinned[m] - pinned["c"]) - (free[m] - free["c"])) < 1e-9 for m in free)
+    assert fit_bt(c, anchor="c")["c"] == pytest.approx(1000.0)  # anchor_rating defaults to init
+    rows_ = leaderboard(c, ci="sandwich", anchor="c", anchor_rating=1114.0)
+    anchor_row = next(r for r in rows_ if r.model == "c")
+    assert anchor_row.lower == pytest.approx(1114.0) and anchor_row.upper == pytest.approx(1114.0)
+
+
+def test_undefeated_and_winless_models_stay_finite_and_ordered():
+    c = PairCounts()
+    c.add("champ", "mid", "model_a", n=5)
+    c.add("mid", "low", "model_a", n=3)
+    c.add("mid", "low", "model_b", n=2)
+    c.add("low", "bottom", "model_a", n=4)
+    r = fit_bt(c)
+    assert all(math.isfinite(v) for v in r.values())
+    assert r["champ"] > r["mid"] > r["low"] > r["bottom"]
+    for row in leaderboard(c, ci="bootstrap", rounds=20):
+        assert all(math.isfinite(x) for x in (row.rating, row.lower, row.upper))
+
+
+def test_scale_base_and_init_follow_fastchat_parametrisation():
+    c = PairCounts()
+    c.add("x", "y", "model_a", n=30)
+    c.add("x", "y", "model_b", n=10)
+    r = fit_bt(c, scale=400, base=10, init=1500)
+    assert r["x"] + r["y"] == pytest.approx(3000)
+    assert r["x"] - r["y"] == pytest.approx(400 * math.log10(3), abs=0.01)
+    e = fit_bt(c, scale=1, base=math.e, init=0)
+    assert e["x"] - e["y"] == pytest.approx(math.log(3), abs=1e-4)
+
+
+def test_warm_start_gives_the_same_answer():
+    c = PairCounts.from_battles(simulate(STRENGTH, 500, seed=3))
+    cold = fit_bt(c)
+    c.add("e", "a", "model_a")
+    warm = fit_bt(c, warm=cold)
+    fresh = fit_bt(c)
+    assert max(abs(warm[m] - fresh[m]) for m in fresh) < 1e-6
+    assert warm["e"] > cold["e"]
+
+
+def test_rank_rule():
+    # b's interval overlaps a's; c's upper bound is below both lower bounds
+    assert rank_with_ci([10, 8, 0], [12, 11, 5]) == [1, 1, 3]
+    assert rank_with_ci([10, 8, 0, 0], [12, 11, 5, 9]) == [1, 1, 3, 2]
+
+
+def test_bootstrap_ci_covers_the_truth_in_most_simulations():
+    truth = {"a": 1150.0, "b": 1050.0, "c": 1000.0, "d": 900.0}
+    centred = {m: v - np.mean(list(truth.values())) + 1000 for m, v in truth.items()}
+    cover_b, cover_s, total = 0, 0, 0
+    for seed in range(20):
+        c = PairCounts.from_battles(simulate(truth, 300, seed=100 + seed))
+        boot = bootstrap(c, rounds=100, seed=seed)
+        assert boot.shape == (100, 4)
+        lo, hi = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
+        iv = sandwich_ci(c)
+        for i, m in enumerate(c.models):
+            total += 1
+            cover_b += lo[i] <= centred[m] <= hi[i]
+            cover_s += iv[m][0] <= centred[m] <= iv[m][1]
+    assert cover_b / total >= 0.85, cover_b / total
+    assert cover_s / total >= 0.85, cover_s / total
+
+
+def test_bootstrap_is_reproducible_and_resamples():
+    c = PairCounts.from_battles(simulate(STRENGTH, 300, seed=4))
+    b1, b2 = bootstrap(c, rounds=30, seed=7), bootstrap(c, rounds=30, seed=7)
+    assert np.array_equal(b1, b2)
+    assert not np.array_equal(b1, bootstrap(c, rounds=30, seed=8))
+    assert b1.std(axis=0).min() > 1  # the replicates differ
+
+
+def test_pair_counts_bookkeeping_and_round_trip():
+    c = PairCounts()
+    c.add("x", "y", "model_a", n=2)
+    c.add("y", "x", "model_a")
+    c.add("x", "z", "tie")
+    c.add("x", "z", "invalid", n=5)
+    assert c.total == 4 and c.battles("x") == 4 and c.battles("y") == 3 and c.battles("nobody") == 0
+    back = PairCounts.from_dict(json.loads(json.dumps(c.to_dict())))
+    assert back.models == c.models and np.array_equal(back.W, c.W) and np.array_equal(back.T, c.T)
+    other = PairCounts()
+    other.add("z", "w", "model_b")
+    other.add("x", "y", "model_b")
+    merged = c.copy().merge(other)
+    assert merged.total == 6 and merged.battles("w") == 1 and c.total == 4
+    assert merged.W[merged.index["y"], merged.index["x"]] == 2
+    rows = [("p", "q", "model_a"), ("q", "r", "tie"), ("r", "p", "model_b")]
+    arr = PairCounts.from_arrays(["p", "q", "r"], [0, 1, 2], [1, 2, 0], [0, 1, 2])
+    ref = PairCounts.from_battles(rows)
+    assert np.array_equal(arr.W, ref.W) and np.array_equal(arr.T, ref.T)
+
+
+def test_online_elo_matches_fastchat_update():
+    e = OnlineElo()
+    e.update("a", "b", "model_a")
+    assert e.ratings == {"a": 1002.0, "b": 998.0}
+    e.update("a", "b", "tie")
+    ea = 1 / (1 + 10 ** ((998 - 1002) / 400))
+    assert e.ratings["a"] == pytest.approx(1002 + 4 * (0.5 - ea))
+    e.update("a", "b", "invalid")
+    back = OnlineElo.from_dict(json.loads(json.dumps(e.to_dict())))
+    assert back.ratings == e.ratings and back.k == 4
+
+
+def test_leaderboard_rows_and_win_rate_vs_baseline():
+    c = PairCounts.from_battles(simulate(STRENGTH, 800, seed=5))
+    rows = leaderboard(c, ci="bootstrap", rounds=50)
+    fit = fit_bt(c)
+    assert [r.model for r in rows] == sorted(fit, key=fit.get, reverse=True)
+    assert rows[0].model == "a" and rows[-1].model == "e"
+    assert rows[0].rank == 1 and rows[-1].rank > 1
+    assert [r.rank for r in rows] == rank_with_ci([r.lower for r in rows], [r.upper for r in rows])
+    for r in rows:
+        assert r.lower <= r.rating <= r.upper
+        assert r.battles == r.wins + r.ties + r.losses == c.battles(r.model)
+        assert r.win_rate == pytest.approx((r.wins + r.ties / 2) / r.battles)
+    wr = win_rate_vs_baseline(c, "c")
+    assert wr["c"]["predicted"] == pytest.approx(0.5) and wr["c"]["observed"] is None
+    assert wr["a"]["predicted"] > 0.6 and wr["e"]["predicted"] < 0.4
+    assert abs(wr["a"]["observed"] - wr["a"]["predicted"]) < 0.15
+
+
+def test_ratings_from_config():
+    from arena_flywheel.config import load_config
+
+    cfg = load_config(env={}, overrides={"ratings.bootstrap_rounds": 7, "ratings.anchor_model": "c",
+                                         "ratings.anchor_rating": 1114.0})
+    kw = ratings_from_config(cfg.ratings)
+    assert kw["rounds"] == 7 and kw["anchor"] == "c" and kw["anchor_rating"] == 1114.0
+    rows = leaderboard(PairCounts.from_battles(simulate(STRENGTH, 200, seed=6)), ci="none", **kw)
+    assert next(r for r in rows if r.model == "c").rating == pytest.approx(1114.0)
+
+
+# ----------------------------------------------------------------------------------------------- CLI
+
+def _write_jsonl(path, rows):
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_cli_jsonl_battles_and_verdicts(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rows = simulate(STRENGTH, 300, seed=8)
+    f = tmp_path / "battles.jsonl"
+    _write_jsonl(f, [{"model_a": a, "model_b": b, "winner": w} for a, b, w in rows] +
+                 [{"model_a": "a", "model_b": "b", "winner": "invalid"}])
+    assert main(["leaderboard", "--battles", str(f), "--format", "json", "--rounds", "20"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    expect = fit_bt(PairCounts.from_battles(rows))
+    assert [r["model"] for r in out] == sorted(expect, key=expect.get, reverse=True)
+    assert all(abs(r["rating"] - expect[r["model"]]) < 1e-6 for r in out)
+    assert sum(r["battles"] for r in out) == 2 * len(rows)
+    # verdict rows: competitors + scores, winner from scores (equal scores tie); split filter
+    v = tmp_path / "verdicts.jsonl"
+    score = {"model_a": (8, 3), "model_b": (2, 9), "tie": (5, 5)}
+    _write_jsonl(v, [{"competitor_a": a, "competitor_b": b, "model_a": "x", "model_b": "y", "split": "eval",
+                      "score_a": score[w][0], "score_b": score[w][1]} for a, b, w in rows] +
+                 [{"competitor_a": "a", "competitor_b": "zz", "score_a": 1, "score_b": 0, "split": "train"}])
+    assert main(["leaderboard", "--battles", str(v), "--split", "eval", "--format", "json", "--ci", "none"]) == 0
+    out2 = json.loads(capsys.readouterr().out)
+    assert {r["model"]: r["rating"] for r in out2} == pytest.approx(expect, abs=1e-6)
+    # markdown with an anchor
+    assert main(["leaderboard", "--battles", str(f), "--anchor", "c", "--anchor-rating", "1114",
+                 "--ci", "sandwich"]) == 0
+    md = capsys.readouterr().out
+    assert md.startswith("| rank | model | rating |") and "| c | 1114.0 |" in md
+
+
+def test_cli_csv(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rows = simulate(STRENGTH, 200, seed=9)
+    f = tmp_path / "battles.csv"
+    with f.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["model_a", "model_b", "winner"])
+        w.writerows(rows)
+    assert main(["leaderboard", "--battles", str(f), "--format", "csv", "--rounds", "10"]) == 0
+    out = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(out) == 5 and out[0]["rank"] == "1" and set(out[0]) >= {"model", "rating", "lower", "upper"}
+    expect = fit_bt(PairCounts.from_battles(rows))
+    assert all(abs(float(r["rating"]) - expect[r["model"]]) < 1e-3 for r in out)
+
+
+@pytest.mark.parametrize("content, needle", [
+    ('{"model_a": "x", "model_b": "y", "winner": "model_a"}\n{not json\n', ":2: invalid JSON"),
+    ('{"model_a": "x", "model_b": "y", "winner": "draw"}\n', "winner 'draw'"),
+    ('{"model_a": "x", "winner": "model_a"}\n', "needs model_a and model_b"),
+    ('{"model_a": "x", "model_b": "y"}\n', "needs a winner or score_a and score_b"),
+    ("a,b,c\n1,2,3\n", "no CSV header"),
+    ("", "empty file"),
+    ('{"model_a": "x", "model_b": "y", "winner": "invalid"}\n', "no rated battles"),
+])
+def test_cli_bad_files_give_one_line_errors(tmp_path, monkeypatch, capsys, content, needle):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    assert main(["leaderboard", "--battles", str(f)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_missing_file_and_unknown_anchor(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["leaderboard", "--battles", str(tmp_path / "nope.jsonl")]) == 2
+    assert "no such file" in capsys.readouterr().err
+    f = tmp_path / "b.jsonl"
+    _write_jsonl(f, [{"model_a": "x", "model_b": "y", "winner": "model_a"}])
+    assert main(["leaderboard", "--battles", str(f), "--anchor", "ghost"]) == 2
+    assert "ghost" in capsys.readouterr().err
