@@ -320,11 +320,9 @@ class Stream:
         counts = self.pair_counts(states, "eval")
         if counts is not None and counts.models:
             E, r = _engine(), self.cfg.ratings
-            rows = E.leaderboard(counts, ci="bootstrap", rounds=r.bootstrap_rounds, seed=0, scale=r.scale,
-                                 base=r.base, init=r.elo_init, anchor=r.anchor_model,
-                                 anchor_rating=r.anchor_rating, warm=self._warm)
+            rows = E.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm, **E.ratings_from_config(r))
             self._warm = {row.model: row.rating for row in rows}
-            snap["rows"] = [dict(row.__dict__) if hasattr(row, "__dict__") else row._asdict() for row in rows]
+            snap["rows"] = [_row_dict(row) for row in rows]
         self.snapshot = snap
         return snap
 
@@ -335,6 +333,14 @@ class Stream:
         for a, b, w, n in S.iter_counts(S.merge_counts(states, split)):
             counts.add(a, b, w, n=n)
         return counts
+
+
+def _row_dict(row) -> dict[str, Any]:
+    import dataclasses
+
+    if dataclasses.is_dataclass(row):
+        return dataclasses.asdict(row)
+    return row._asdict() if hasattr(row, "_asdict") else dict(vars(row))
 
 
 def create_app(cfg: Config, **kw) -> Stream:
