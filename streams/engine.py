@@ -8,6 +8,7 @@ docs/ratings.md for the maths, the confidence intervals and measured speed.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,17 @@ from dataclasses import asdict, dataclass
 from typing import Any, Iterable
 
 import numpy as np
+
+try:  # the systems solved here are tiny: OpenBLAS's thread pool only adds wake-up latency (x100 on a busy host)
+    from threadpoolctl import ThreadpoolController
+
+    _POOLS: ThreadpoolController | None = ThreadpoolController()
+except ImportError:  # pragma: no cover - optional; same results, only slower on busy hosts
+    _POOLS = None
+
+
+def _one_blas_thread():
+    return _POOLS.limit(limits=1, user_api="blas") if _POOLS is not None else contextlib.nullcontext()
 
 # Winners that change ratings; "invalid" (and anything else) is ignored.
 A_WINS, B_WINS = "model_a", "model_b"
@@ -203,7 +215,8 @@ def _warm_theta(counts: PairCounts, warm: dict[str, float] | None, scale: float,
 def fit_theta(counts: PairCounts, warm_theta: np.ndarray | None = None) -> np.ndarray:
     S, N = _score_games(counts.W.astype(float), counts.T.astype(float))
     t0 = np.zeros(len(counts.models)) if warm_theta is None else warm_theta
-    return _newton(S[None], N[None], t0[None].astype(float))[0]
+    with _one_blas_thread():
+        return _newton(S[None], N[None], t0[None].astype(float))[0]
 
 
 def fit_bt(counts: PairCounts, *, scale: float = 400.0, base: float = 10.0, init: float = 1000.0,
@@ -255,7 +268,8 @@ def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: fl
     p0 = 1.0 / (1.0 + np.exp(-(theta[iu] - theta[ju])))
     n0 = cells.sum(axis=1)
     H = (AT @ sparse.diags(n0 * p0 * (1.0 - p0)) @ A).toarray() + L2 * np.eye(n)
-    Hi = np.linalg.inv(H)
+    with _one_blas_thread():
+        Hi = np.linalg.inv(H)
     probs = (cells / total).ravel()
 
     def chunk(args):
@@ -278,11 +292,12 @@ def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: fl
     sizes = [rounds // chunks + (1 if k < rounds % chunks else 0) for k in range(chunks)]
     seeds = np.random.SeedSequence(seed).spawn(chunks)
     workers = min(chunks, os.cpu_count() or 1)
-    if workers > 1:
-        with ThreadPoolExecutor(workers) as ex:
-            parts = list(ex.map(chunk, zip(seeds, sizes)))
-    else:
-        parts = [chunk(a) for a in zip(seeds, sizes)]
+    with _one_blas_thread():  # our own threads run the chunks
+        if workers > 1:
+            with ThreadPoolExecutor(workers) as ex:
+                parts = list(ex.map(chunk, zip(seeds, sizes)))
+        else:
+            parts = [chunk(a) for a in zip(seeds, sizes)]
     th = np.concatenate(parts, axis=0)
     return _to_ratings(th, counts.models, scale=scale, base=base, init=init, anchor=anchor,
                        anchor_rating=anchor_rating)
@@ -314,8 +329,9 @@ def sandwich_ci(counts: PairCounts, ratings: dict[str, float] | None = None, *, 
     V = np.triu(V + V.T, 1)
     V = V + V.T
     J = np.diag(V.sum(axis=1)) - V
-    Hi = np.linalg.inv(H)
-    C = Hi @ J @ Hi
+    with _one_blas_thread():
+        Hi = np.linalg.inv(H)
+        C = Hi @ J @ Hi
     if anchor is not None:
         a = models.index(anchor)
         var = np.diag(C) + C[a, a] - 2 * C[:, a]
