@@ -122,13 +122,15 @@ def counts_from_file(path: str, tie_margin: float = 0.0, split: str | None = Non
     return counts
 
 
-def ledger_verdicts(url: str, split: str) -> list[tuple[str, str, str]]:
+def ledger_verdicts(url: str, split: str, use_store: bool = True) -> list[tuple[str, str, str]]:
     """Verdicts of `split` from the ledger: consumers.ledger's store when installed, else the
     `payload` column of its `verdict` table read directly."""
-    try:
-        from consumers.ledger import LedgerStore  # type: ignore
-    except ImportError:
-        LedgerStore = None
+    LedgerStore = None
+    if use_store:
+        try:
+            from consumers.ledger import LedgerStore  # type: ignore
+        except ImportError:
+            pass
     if LedgerStore is not None:
         store = LedgerStore(url)
         try:
@@ -206,7 +208,9 @@ def run(args, cfg) -> int:
     elif args.anchor_rating is not None:
         raise UsageError("--anchor-rating needs --anchor MODEL")
     elif kw["anchor"] is not None and kw["anchor"] not in counts.index:
-        kw["anchor"] = kw["anchor_rating"] = None  # the configured anchor is absent from this data
+        print(f"note: configured anchor {kw['anchor']} has no battles here; ratings centred on "
+              f"{kw['init']:g} instead", file=sys.stderr)
+        kw["anchor"] = kw["anchor_rating"] = None
     rows = leaderboard(counts, ci=args.ci, seed=args.seed, **kw)
     print(render(rows, args.format))
     return 0

@@ -301,3 +301,28 @@ def test_cli_missing_file_and_unknown_anchor(tmp_path, monkeypatch, capsys):
     _write_jsonl(f, [{"model_a": "x", "model_b": "y", "winner": "model_a"}])
     assert main(["leaderboard", "--battles", str(f), "--anchor", "ghost"]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+def test_ledger_verdict_table_on_real_sqlite(tmp_path):
+    """The fallback reader: verdict events stored as JSON in the `payload` column of a `verdict` table."""
+    import sqlalchemy as sa
+
+    from arena_flywheel.events import JudgeInfo, Verdict
+    from streams.leaderboard_cmd import ledger_verdicts
+
+    rows = simulate(STRENGTH, 120, seed=10)
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    judge = JudgeInfo(backend="reference", template_id="t")
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE verdict (id TEXT PRIMARY KEY, split TEXT, payload TEXT)"))
+        for i, (a, b, w) in enumerate(rows):
+            v = Verdict(battle_id=f"bat-{i}", instruction_id=f"ins-{i}", split="eval" if i % 4 else "train",
+                        competitor_a=a, competitor_b=b, model_a=a, model_b=b, winner=w, judge=judge)
+            conn.execute(sa.text("INSERT INTO verdict VALUES (:id, :split, :payload)"),
+                         {"id": v.id, "split": v.split, "payload": v.encode().decode()})
+    engine.dispose()
+    got = ledger_verdicts(url, "eval", use_store=False)
+    assert got == [r for i, r in enumerate(rows) if i % 4]
+    with pytest.raises(Exception, match="no verdict table"):
+        ledger_verdicts(f"sqlite:///{tmp_path / 'empty.db'}", "eval", use_store=False)
