@@ -238,15 +238,16 @@ BOOT_CHUNKS = 4  # fixed, so a seed gives the same replicates on any number of c
 def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: float = 400.0, base: float = 10.0,
               init: float = 1000.0, anchor: str | None = None, anchor_rating: float | None = None,
               warm: dict[str, float] | None = None, theta: np.ndarray | None = None,
-              tol: float = 1e-6) -> np.ndarray:
+              tol: float = 1e-6, exact: bool = False) -> np.ndarray:
     """Ratings of `rounds` bootstrap replicates, shape (rounds, len(models)).
 
     Resampling the battles with replacement (FastChat) is the same as one multinomial draw of the
     total over the (pair, outcome) cells with the observed frequencies, so we draw that directly and
     refit all replicates of a chunk at once, in pair space, from the point estimate, with the point
     estimate's Hessian (a replicate's Hessian differs by sampling noise only, so the iteration
-    converges in a few steps and needs one n x n inverse in all). Chunks run in threads: numpy's
-    sampler and array maths release the GIL."""
+    converges in a few steps and needs one n x n inverse in all); replicates for which that does not
+    converge (or exact=True) are refitted by exact Newton. Chunks run in threads (the array maths
+    releases the GIL)."""
     n = len(counts.models)
     if rounds <= 0 or n == 0:
         return np.zeros((max(rounds, 0), n))
@@ -280,13 +281,34 @@ def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: fl
         Sp = (d[:, :, 0] + 0.5 * d[:, :, 1]).T  # (pairs, r)
         Np = d.sum(axis=2).T.astype(float)
         x = np.repeat(theta[:, None], r, axis=1)  # (n, r)
-        for _ in range(100):
-            P = 1.0 / (1.0 + np.exp(-(A @ x)))
-            g = AT @ (Sp - Np * P) - L2 * x
-            step = Hi @ g
-            x += step
-            if np.abs(step).max() < tol:
-                break
+        left = np.ones(r, dtype=bool)
+        if not exact:
+            prev = np.full(r, np.inf)
+            for _ in range(30):
+                P = 1.0 / (1.0 + np.exp(-(A @ x)))
+                g = AT @ (Sp - Np * P) - L2 * x
+                step = Hi @ g
+                size = np.abs(step).max(axis=0)
+                # A replicate whose curvature is far from the point estimate's (sparse pairs resampled
+                # 3x, or separated data) may crawl or oscillate: stop it here, refit it exactly below.
+                left = (size >= tol) & np.isfinite(size)
+                bad = ~np.isfinite(size) | (size > prev)
+                x += np.where(bad | ~left, 0.0, step)
+                left |= bad
+                prev = np.where(bad, -np.inf, size)  # once bad, stays bad
+                if not left.any():
+                    break
+        if left.any():  # exact Newton (per-replicate Hessians) for whatever did not converge
+            k = np.flatnonzero(left)
+            Wr = np.zeros((len(k), n, n))
+            Tr = np.zeros((len(k), n, n))
+            dk = d[k]
+            Wr[:, iu, ju] = dk[:, :, 0]
+            Wr[:, ju, iu] = dk[:, :, 2]
+            Tr[:, iu, ju] = dk[:, :, 1]
+            Tr[:, ju, iu] = dk[:, :, 1]
+            S, N = _score_games(Wr, Tr)
+            x[:, k] = _newton(S, N, np.repeat(theta[None], len(k), axis=0), tol=tol).T
         return x.T
 
     chunks = min(BOOT_CHUNKS, rounds)
