@@ -492,3 +492,54 @@ def ratings_from_config(cfg_ratings) -> dict[str, Any]:
     anchor = getattr(r, "anchor_model", None)
     return {"rounds": r.bootstrap_rounds, "scale": r.scale, "base": r.base, "init": r.elo_init,
             "anchor": anchor, "anchor_rating": r.anchor_rating if anchor else None}
+
+
+# ------------------------------------------------------------------------------------------ style control
+
+def fit_bt_style(model_a, model_b, winner, style_a, style_b, *, scale: float = 400.0, base: float = 10.0,
+                 init: float = 1000.0, anchor: str | None = None, anchor_rating: float | None = None,
+                 tol: float = 1e-10) -> tuple[dict[str, float], np.ndarray]:
+    """Style-controlled BT (the idea of LMSYS's style control): logistic regression of the outcome on
+    the model indicators plus style covariates, so a judge's taste for long or heavily formatted
+    answers is credited to the covariates, not to the models.
+
+    model_a, model_b, winner: one entry per battle; style_a, style_b: (battles, k) arrays of
+    non-negative style counts of each side's answer (e.g. tokens, headers, list items). The covariate
+    is the normalised difference (a - b) / (a + b), standardised. Returns (ratings, coefficients);
+    coefficient j is the log-odds change per standard deviation of covariate j. Rows are not grouped
+    (the covariates are continuous), so this costs O(battles) per Newton step."""
+    winner = np.asarray(winner)
+    rated = np.isin(winner, (A_WINS, B_WINS) + TIES)
+    ma, mb = np.asarray(model_a)[rated], np.asarray(model_b)[rated]
+    y = np.where(winner[rated] == A_WINS, 1.0, np.where(winner[rated] == B_WINS, 0.0, 0.5))
+    sa = np.asarray(style_a, dtype=float)[rated].reshape(len(y), -1)
+    sb = np.asarray(style_b, dtype=float)[rated].reshape(len(y), -1)
+    models = sorted(set(ma.tolist()) | set(mb.tolist()))
+    ix = {m: i for i, m in enumerate(models)}
+    ia = np.array([ix[m] for m in ma], dtype=np.int64)
+    ib = np.array([ix[m] for m in mb], dtype=np.int64)
+    den = sa + sb
+    F = np.divide(sa - sb, den, out=np.zeros_like(den), where=den > 0)
+    sd = F.std(axis=0)
+    F = (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    n, k = len(models), F.shape[1]
+    from scipy import sparse
+
+    rows = np.arange(len(y))
+    X = sparse.hstack([sparse.csr_matrix((np.r_[np.ones(len(y)), -np.ones(len(y))],
+                                          (np.r_[rows, rows], np.r_[ia, ib])), shape=(len(y), n)),
+                       sparse.csr_matrix(F)]).tocsr()
+    reg = np.r_[np.full(n, L2), np.full(k, L2)]
+    w = np.zeros(n + k)
+    with _one_blas_thread():
+        for _ in range(100):
+            p = 1.0 / (1.0 + np.exp(-(X @ w)))
+            g = X.T @ (y - p) - reg * w
+            H = (X.T @ sparse.diags(p * (1 - p)) @ X).toarray() + np.diag(reg)
+            step = np.linalg.solve(H, g)
+            step *= min(1.0, 3.0 / max(np.abs(step).max(), 1e-300))
+            w += step
+            if np.abs(step).max() < tol:
+                break
+    r = _to_ratings(w[:n], models, scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating)
+    return {m: float(v) for m, v in zip(models, r)}, w[n:]

@@ -337,3 +337,26 @@ def test_ledger_verdict_table_on_real_sqlite(tmp_path):
     assert got == [r for i, r in enumerate(rows) if i % 4]
     with pytest.raises(Exception, match="no verdict table"):
         ledger_verdicts(f"sqlite:///{tmp_path / 'empty.db'}", "eval", use_store=False)
+
+
+def test_style_control_removes_a_length_bias():
+    """A judge that prefers longer answers inflates the verbose model; the style covariate takes it back."""
+    from streams.engine import fit_bt_style
+
+    rng = np.random.default_rng(12)
+    truth = {"a": 1100.0, "b": 1000.0, "verbose": 1000.0, "c": 900.0}
+    length = {"a": 300, "b": 300, "verbose": 900, "c": 300}
+    models = list(truth)
+    ma, mb, win, la, lb = [], [], [], [], []
+    for _ in range(4000):
+        i, j = rng.choice(4, 2, replace=False)
+        a, b = models[i], models[j]
+        xa, xb = rng.normal(length[a], 50), rng.normal(length[b], 50)
+        logit = (truth[a] - truth[b]) * LN10 / 400 + 1.5 * (xa - xb) / (xa + xb)
+        ma.append(a), mb.append(b), la.append([xa]), lb.append([xb])
+        win.append("model_a" if rng.random() < 1 / (1 + math.exp(-logit)) else "model_b")
+    plain = fit_bt(PairCounts.from_battles(zip(ma, mb, win)))
+    styled, coef = fit_bt_style(ma, mb, win, la, lb, anchor="b", anchor_rating=1000.0)
+    assert plain["verbose"] - plain["b"] > 40  # the bias is there
+    assert abs(styled["verbose"] - 1000) < 30 and abs(styled["a"] - 1100) < 30 and abs(styled["c"] - 900) < 30
+    assert coef[0] > 0
