@@ -9,6 +9,7 @@ docs/ratings.md for the maths, the confidence intervals and measured speed.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,8 @@ except ImportError:  # pragma: no cover - optional; same results, only slower on
 
 def _one_blas_thread():
     return _POOLS.limit(limits=1, user_api="blas") if _POOLS is not None else contextlib.nullcontext()
+
+_log = logging.getLogger(__name__)
 
 # Winners that change ratings; "invalid" (and anything else) is ignored.
 A_WINS, B_WINS = "model_a", "model_b"
@@ -194,9 +197,11 @@ def _to_ratings(theta: np.ndarray, models: list[str], *, scale: float, base: flo
                 anchor: str | None, anchor_rating: float | None) -> np.ndarray:
     """Natural-log strengths -> ratings: centred on init, or the anchor pinned to anchor_rating."""
     r = theta * (scale / math.log(base))
+    if anchor is not None and anchor not in models:
+        # A configured anchor can be absent early in a live arena; a leaderboard beats a crash.
+        _log.warning("anchor model %r has no battles yet: ratings centred on %g instead", anchor, init)
+        anchor = None
     if anchor is not None:
-        if anchor not in models:
-            raise ValueError(f"anchor model {anchor!r} has no battles")
         i = models.index(anchor)
         return r - r[..., i: i + 1] + (init if anchor_rating is None else anchor_rating)
     return r - r.mean(axis=-1, keepdims=True) + init
@@ -355,8 +360,8 @@ def sandwich_ci(counts: PairCounts, ratings: dict[str, float] | None = None, *, 
     with _one_blas_thread():
         Hi = np.linalg.inv(H)
         C = Hi @ J @ Hi
-    if anchor is not None:
-        a = models.index(anchor)
+    if anchor is not None and anchor in counts.index:
+        a = counts.index[anchor]
         var = np.diag(C) + C[a, a] - 2 * C[:, a]
     else:
         Pc = np.eye(n) - 1.0 / n
@@ -435,8 +440,6 @@ def leaderboard(counts: PairCounts, *, ci: str = "bootstrap", rounds: int = 100,
     models = counts.models
     if not models:
         return []
-    if anchor is not None and anchor not in counts.index:
-        raise ValueError(f"anchor model {anchor!r} has no battles")
     kw = dict(scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating)
     theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
     r = _to_ratings(theta, models, **kw)

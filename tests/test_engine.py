@@ -93,6 +93,9 @@ def test_anchor_pins_a_model_and_keeps_differences():
     assert pinned["c"] == pytest.approx(1114.0)
     assert all(abs((pinned[m] - pinned["c"]) - (free[m] - free["c"])) < 1e-9 for m in free)
     assert fit_bt(c, anchor="c")["c"] == pytest.approx(1000.0)  # anchor_rating defaults to init
+    # a configured anchor without battles (early in a live arena) falls back to centring, no crash
+    absent = {r.model: r.rating for r in leaderboard(c, ci="sandwich", anchor="ghost", anchor_rating=1114.0)}
+    assert absent == pytest.approx(free)
     rows_ = leaderboard(c, ci="sandwich", anchor="c", anchor_rating=1114.0)
     anchor_row = next(r for r in rows_ if r.model == "c")
     assert anchor_row.lower == pytest.approx(1114.0) and anchor_row.upper == pytest.approx(1114.0)
