@@ -141,6 +141,10 @@ def ledger_verdicts(url: str, split: str, use_store: bool = True) -> list[tuple[
                 close()
     import sqlalchemy as sa
 
+    db = sa.engine.make_url(url)
+    if db.get_backend_name() == "sqlite" and db.database not in (None, "", ":memory:") \
+            and not Path(db.database).exists():  # connecting would create an empty file
+        raise UsageError(f"{url}: no such ledger; run `arena ledger` first or pass --battles FILE")
     engine = sa.create_engine(url)
     try:
         if not sa.inspect(engine).has_table("verdict"):

@@ -338,8 +338,12 @@ def test_ledger_verdict_table_on_real_sqlite(tmp_path):
     engine.dispose()
     got = ledger_verdicts(url, "eval", use_store=False)
     assert got == [r for i, r in enumerate(rows) if i % 4]
+    sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}").connect().close()
     with pytest.raises(Exception, match="no verdict table"):
         ledger_verdicts(f"sqlite:///{tmp_path / 'empty.db'}", "eval", use_store=False)
+    with pytest.raises(Exception, match="no such ledger"):
+        ledger_verdicts(f"sqlite:///{tmp_path / 'absent.db'}", "eval", use_store=False)
+    assert not (tmp_path / "absent.db").exists()
 
 
 def test_style_control_removes_a_length_bias():
