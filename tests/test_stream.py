@@ -258,3 +258,27 @@ def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, wor
     assert f.messages == ins.messages and f.reference == ins.reference and f.verdict_ids == [big.id]
     dl = [e for e in events if e.SCHEMA == "arena.deadletter"]
     assert any(d.source.startswith(cfg.topic("verdicts")) and "arena.verdict" in d.reason for d in dl)
+
+
+def test_round_robin_pairs_every_distinct_competitor(cfg, worker_for):
+    worker_for(battle_plan="round-robin")
+    pub = Publisher(cfg)
+    ins = instruction(3, "eval")
+    comps = [("a", "base"), ("a", "c1"), ("b", "base"), ("c", "base")]
+    for m, ck in comps:
+        pub.send(response(ins, m, ck))
+    pub.send(ins)
+    pub.flush()
+    pub.close()
+    names = [competitor_name(m, ck) for m, ck in comps]
+    expected = {frozenset((x, y)) for i, x in enumerate(names) for y in names[i + 1:]}
+    battles = read_all(cfg, ["battles"], lambda got: len(got) >= len(expected))
+    assert {frozenset((b.a.competitor, b.b.competitor)) for b in battles} == expected
+    assert len(battles) == 6 and all(b.plan == "round-robin" and b.split == "eval" for b in battles)
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "streams.app", "--web-port", "70000"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.strip() == "arena stream: --web-port must be 1..65535, e.g. --web-port 6066"
