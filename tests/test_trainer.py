@@ -1,0 +1,156 @@
+"""Trainer: selection methods, TRL batch formats, every stage on a tiny real model, the service over the broker."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from arena_flywheel.events import Failure, JudgeInfo, Message
+from trainer.batches import dataset_hash, dpo_rows, reward_rows, rl_prompts, sft_rows, texts_from_battles
+from trainer.select import METHODS, read_failures, select, write_failures
+
+WORDS = ["sort", "reverse", "count", "upper", "sum", "copy", "letters", "words", "digits", "list"]
+
+
+def failure(i: int, margin: float = 3.0, turns: int = 1, target_ckpt: str = "base") -> Failure:
+    w = WORDS[i % len(WORDS)]
+    msgs = [Message(role="system", content="Be brief.")]
+    for t in range(turns):
+        msgs.append(Message(role="user", content=f"{w} task {i} turn {t}: what is {i} + {t}?" + " more" * (i % 5)))
+    return Failure(instruction_id=f"ins{i}", target="target", target_checkpoint=target_ckpt, messages=msgs,
+                   target_answers=[f"{i}?"] * turns, winner_model="ace",
+                   winner_answers=[f"The answer is {i + t}." for t in range(turns)], margin=margin,
+                   battle_ids=[f"bat{i}"], verdict_ids=[f"ver{i}"],
+                   judge=JudgeInfo(backend="reference", template_id="dual", template_hash="h123"))
+
+
+POOL = [failure(i, margin=float(1 + i % 5)) for i in range(30)]
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if m != "ifd"])
+def test_selection_returns_budget_and_is_deterministic(method):
+    a = select(POOL, method, budget=7, seed=3)
+    b = select(list(reversed(POOL)), method, budget=7, seed=3)  # arrival order must not matter
+    assert len(a) == 7 and len({f.id for f in a}) == 7
+    assert [f.id for f in a] == [f.id for f in b]
+
+
+def test_pair_judge_threshold_and_margin_order():
+    chosen = select(POOL, "pair-judge", threshold=4.0)
+    assert chosen and all(f.margin >= 4.0 for f in chosen)
+    assert len(chosen) == sum(f.margin >= 4.0 for f in POOL)
+    assert [f.margin for f in chosen] == sorted((f.margin for f in chosen), reverse=True)
+    assert select(POOL, "random", budget=5, seed=1) != select(POOL, "random", budget=5, seed=2)
+
+
+def test_kmeans_and_tags_spread_over_kinds_of_instruction():
+    # 30 failures over 10 task words: a diverse pick of 10 covers far more than a margin-only pick
+    for method in ("kmeans", "tags"):
+        kinds = {f.messages[1].content.split()[0] for f in select(POOL, method, budget=10, seed=0)}
+        assert len(kinds) >= 7, (method, kinds)
+
+
+def test_ifd_with_the_target_model(tiny_model):
+    a = select(POOL[:6], "ifd", budget=3, model_path=str(tiny_model))
+    assert len(a) == 3 and [f.id for f in a] == [f.id for f in select(POOL[:6], "ifd", budget=3,
+                                                                        model_path=str(tiny_model))]
+    with pytest.raises(ValueError, match="model_path"):
+        select(POOL, "ifd", budget=3)
+
+
+def test_batch_formats_load_with_datasets_and_keep_provenance():
+    from datasets import Dataset
+
+    fs = [failure(1, turns=2), failure(2)]
+    sft = sft_rows(fs, iteration=4)
+    conv = sft[0]["messages"]
+    assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
+    assert conv[2]["content"] == "The answer is 1." and conv[4]["content"] == "The answer is 2."
+    dpo = dpo_rows(fs, iteration=4)
+    assert dpo[0]["prompt"] == conv[:-1]
+    assert dpo[0]["chosen"] == [conv[-1]] and dpo[0]["rejected"] == [{"role": "assistant", "content": "1?"}]
+    rl = rl_prompts(fs)
+    assert rl[0]["prompt"][-1]["role"] == "user"
+    for rows in (sft, dpo, rl):
+        ds = Dataset.from_list(rows)
+        assert ds[0]["battle_ids"] == ["bat1"] and ds[0]["verdict_ids"] == ["ver1"]
+        assert ds[0]["template_hash"] == "h123"
+    assert dataset_hash(sft) == dataset_hash(sft_rows(fs, iteration=4)) != dataset_hash(sft_rows(fs, iteration=5))
+
+
+def test_reward_rows_from_battles_with_a_winner():
+    from arena_flywheel.events import Battle, Contestant, Verdict
+
+    msgs = [Message(role="user", content="2+2?")]
+    battles = [Battle(instruction_id=f"i{k}", messages=msgs,
+                      a=Contestant(response_id=f"ra{k}", model="x", answers=["4"]),
+                      b=Contestant(response_id=f"rb{k}", model="y", answers=["5"])) for k in range(3)]
+    judge = JudgeInfo(backend="reference", template_hash="tt")
+    verdicts = [Verdict(battle_id=b.id, instruction_id=b.instruction_id, competitor_a="x", competitor_b="y",
+                        model_a="x", model_b="y", winner=w, judge=judge)
+                for b, w in zip(battles, ["model_a", "model_b", "tie"])]
+    rows = reward_rows(verdicts + verdicts[:1], 1, *texts_from_battles(battles))  # duplicate counted once
+    assert len(rows) == 2
+    assert rows[0]["chosen"][0]["content"] == "4" and rows[1]["chosen"][0]["content"] == "5"
+    assert rows[1]["verdict_ids"] == [verdicts[1].id] and rows[1]["template_hash"] == "tt"
+
+
+def test_cli_select_writes_the_chosen_set(cfg, tmp_path, capsys):
+    from arena_flywheel.cli import main
+
+    src, out = tmp_path / "f.jsonl", tmp_path / "chosen.jsonl"
+    write_failures(src, POOL)
+    assert read_failures(src)[3] == POOL[3]
+    assert main(["select", "--method", "kmeans", "--budget", "5", "--from", str(src), "--out", str(out)]) == 0
+    assert len(read_failures(out)) == 5 and "5 of 30" in capsys.readouterr().out
+    (tmp_path / "bad.jsonl").write_text('{"schema": "arena.failure/1", "target": "t"}\n')
+    assert main(["select", "--from", str(tmp_path / "bad.jsonl"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl:1" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def _cfg_for_training(cfg, tmp_path, stages, **kw):
+    c = cfg.model_copy(deep=True)
+    c.trainer.output_dir = str(tmp_path / "ckpt")
+    c.trainer.stages = stages
+    c.trainer.per_device_batch_size = 4
+    for k, v in kw.items():
+        setattr(c.trainer, k, v)
+    return c
+
+
+def test_every_stage_produces_a_loadable_checkpoint(cfg, tmp_path, tiny_model):
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    from trainer.train import train_iteration
+
+    c = _cfg_for_training(cfg, tmp_path, ["sft", "dpo", "reward", "rl"])
+    fs = [failure(i) for i in range(8)]
+    res = train_iteration(c, model_path=str(tiny_model), failures=fs, iteration=1, target="target")
+    assert [k.checkpoint for k in res.checkpoints] == ["it1-sft", "it1-dpo", "it1-rl"]
+    assert [k.parent for k in res.checkpoints] == ["base", "it1-sft", "it1-dpo"]
+    assert res.used == 8
+    for k in res.checkpoints:
+        AutoModelForCausalLM.from_pretrained(k.path)
+        assert k.metrics["failures_used"] == 8 and k.metrics["examples"] == 8
+        assert isinstance(k.metrics["train_loss"], float) and k.dataset_hash
+    assert res.checkpoints[-1].metrics["algorithm"] == "rloo"
+    AutoModelForSequenceClassification.from_pretrained(res.metrics["stages"]["reward"]["path"])
+
+
+def test_rl_without_reward_model_is_skipped_honestly_and_lora_adapters_chain(cfg, tmp_path, tiny_model):
+    from trainer.train import train_iteration
+
+    c = _cfg_for_training(cfg, tmp_path, ["sft", "rl"], lora=True)
+    res = train_iteration(c, model_path=str(tiny_model), failures=[failure(i) for i in range(4)], iteration=1,
+                          target="target")
+    assert [k.stage for k in res.checkpoints] == ["sft"]
+    assert "reward stage" in res.metrics["stages"]["rl"]["skipped"]
+    adapter = json.loads((tmp_path / "ckpt/target/it1-sft/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model)
+    # the next iteration continues the same adapter: still relative to the pool's base model
+    c.trainer.stages = ["sft"]
+    res2 = train_iteration(c, model_path=res.checkpoints[0].path, failures=[failure(i) for i in range(4)],
+                           iteration=2, target="target", parent="it1-sft")
+    adapter = json.loads((tmp_path / "ckpt/target/it2-sft/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model) and res2.checkpoints[0].parent == "it1-sft"
