@@ -154,3 +154,109 @@ def test_rl_without_reward_model_is_skipped_honestly_and_lora_adapters_chain(cfg
                            iteration=2, target="target", parent="it1-sft")
     adapter = json.loads((tmp_path / "ckpt/target/it2-sft/adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_model) and res2.checkpoints[0].parent == "it1-sft"
+
+
+# ---------------------------------------------------------------------- over the real broker
+def _publish(cfg, events, raw=()):
+    from arena_flywheel.kafka import Publisher
+
+    with Publisher(cfg) as pub:
+        for e in events:
+            pub.send(e)
+        for topic, value in raw:
+            pub.send_raw(cfg.topic(topic), b"k", value)
+        pub.flush()
+
+
+def _wait(pred, timeout=60.0, step=0.2):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got or time.monotonic() > deadline:
+            return got
+        time.sleep(step)
+
+
+def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_path, tiny_model):
+    import threading
+
+    from arena_flywheel.config import CompetitorConfig
+    from arena_flywheel.events import Instruction, Response
+    from consumers.generate import GenerationPool, read_checkpoints
+    from trainer.service import TrainerService
+
+    cfg.kafka.session_timeout_ms = 1000
+    cfg.kafka.heartbeat_interval_ms = 300
+    c = _cfg_for_training(cfg, tmp_path, ["sft"], batch_size=4)
+    c.trainer.threshold_schedule = [3.0, 2.0]
+    comp = CompetitorConfig(name="target", backend="transformers", model=str(tiny_model), device="cpu",
+                            max_new_tokens=4, batch_size=4)
+    c.competitors = [comp]
+    # 3 qualify at threshold 3 (not a full round), a 4th arrives as a newer record of an old one,
+    # a bad record is dead-lettered, then one more qualifying failure fills the round
+    first = [failure(i, margin=3.0 + i) for i in range(3)] + [failure(3, margin=1.0)]
+    _publish(c, first, raw=[("failures", b"not json")])
+    svc = TrainerService(c, poll_timeout_ms=200).start()
+    try:
+        _wait(lambda: svc.poll_once() == 0 and svc.targets.get("target") and
+              len(svc.state("target").failures) == 4, timeout=30)
+        assert not svc.results and svc.bad_records == 1
+        _publish(c, [failure(3, margin=3.5)])  # the newer record of ins3 passes the threshold
+        _wait(lambda: svc.poll_once() >= 0 and svc.results, timeout=60)
+    finally:
+        svc.close()
+    assert len(svc.results) == 1
+    ck = [k for k in read_checkpoints(c) if k.model == "target"]
+    assert [(k.checkpoint, k.iteration, k.stage, k.parent) for k in ck] == [("it1-sft", 1, "sft", "base")]
+    assert ck[0].metrics["failures_used"] == 4 and ck[0].dataset_hash
+
+    # a restarted service knows iteration 1 is done: the same failures (of base) never count again
+    again = TrainerService(c, poll_timeout_ms=200).start()
+    try:
+        assert again.state("target").checkpoint == "it1-sft" and again.state("target").iteration == 1
+        _wait(lambda: again.poll_once() == 0 and again.targets["target"].failures, timeout=20)
+        assert not again.results and again.ready(again.state("target")) == []
+    finally:
+        again.close()
+
+    # the competitor pool hot-plugs the new checkpoint and answers with it
+    ev = Instruction(messages=[Message(role="user", content="what is 1 + 1?")], split="eval")
+    _publish(c, [ev])
+    pool = GenerationPool(c, comp, log_every_s=0)
+    stop = threading.Event()
+    t = threading.Thread(target=pool.run, args=(stop,), daemon=True)
+    t.start()
+    try:
+        def answered():
+            return [r for r in _read_all(c, "responses", Response) if r.checkpoint == "it1-sft"]
+        got = _wait(answered, timeout=60)
+    finally:
+        stop.set()
+        t.join(30)
+    assert got and got[0].instruction_id == ev.id and pool.checkpoint_path == ck[0].path
+
+
+def _read_all(cfg, name, cls):
+    import time
+
+    from kafka import TopicPartition
+
+    from arena_flywheel.events import decode
+    from arena_flywheel.kafka import make_consumer
+
+    topic = cfg.topic(name)
+    con = make_consumer(cfg, None, None)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(con.partitions_for_topic(topic) or set())]
+        con.assign(tps)
+        con.seek_to_beginning(*tps)
+        end = con.end_offsets(tps)
+        out, deadline = [], time.monotonic() + 10
+        while any(con.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in con.poll(timeout_ms=100).values():
+                out += [decode(r.value, cls) for r in recs]
+        return out
+    finally:
+        con.close(autocommit=False)
