@@ -212,11 +212,14 @@ def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_pa
     assert [(k.checkpoint, k.iteration, k.stage, k.parent) for k in ck] == [("it1-sft", 1, "sft", "base")]
     assert ck[0].metrics["failures_used"] == 4 and ck[0].dataset_hash
 
-    # a restarted service knows iteration 1 is done: the same failures (of base) never count again
+    # a restarted service knows iteration 1 is done: the same failures (of base), delivered again,
+    # never count again
     again = TrainerService(c, poll_timeout_ms=200).start()
     try:
         assert again.state("target").checkpoint == "it1-sft" and again.state("target").iteration == 1
-        _wait(lambda: again.poll_once() == 0 and again.targets["target"].failures, timeout=20)
+        _publish(c, first[:3] + [failure(3, margin=3.5)])
+        _wait(lambda: again.poll_once() == 0 and len(again.targets["target"].failures) == 4, timeout=20)
+        assert len(again.targets["target"].failures) == 4
         assert not again.results and again.ready(again.state("target")) == []
     finally:
         again.close()
@@ -260,3 +263,70 @@ def _read_all(cfg, name, cls):
         return out
     finally:
         con.close(autocommit=False)
+
+
+def test_cli_train_closes_an_iteration_now_and_iterations_prints_the_table(cfg, tmp_path, tiny_model, capsys):
+    import sqlite3
+
+    from arena_flywheel.cli import main
+    from arena_flywheel.events import Verdict
+
+    (tmp_path / "arena.toml").write_text(f"""
+data_dir = "{tmp_path / 'data'}"
+[kafka]
+bootstrap_servers = "{cfg.kafka.bootstrap_servers}"
+topic_prefix = "{cfg.kafka.topic_prefix}"
+session_timeout_ms = 1000
+heartbeat_interval_ms = 300
+[db]
+url = "sqlite:///{tmp_path / 'ledger.db'}"
+[trainer]
+output_dir = "{tmp_path / 'ckpt'}"
+stages = ["sft"]
+batch_size = 100
+per_device_batch_size = 4
+threshold_schedule = [2.0]
+[arena]
+targets = ["target"]
+[[competitors]]
+name = "target"
+model = "{tiny_model}"
+""")
+    assert main(["iterations"]) == 0
+    out = capsys.readouterr().out
+    # no ledger file: a note instead of ratings (consumers.ledger's store creates an empty one: 0 verdicts)
+    assert "(no checkpoints yet)" in out and ("no such ledger" in out or "over 0 eval verdicts" in out)
+    assert main(["train", "--iteration", "1"]) == 2  # nothing on the topic yet: a one-line error
+    assert "nothing to train" in capsys.readouterr().err
+    _publish(cfg, [failure(i, margin=float(i)) for i in range(5)])  # margins 0..4: 3 pass 2.0
+    assert main(["train", "--iteration", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "next iteration is 1" in err and len(err.strip().splitlines()) == 1
+    assert main(["train", "--iteration", "1"]) == 0  # far below batch_size: closed by command
+    assert "target@it1-sft" in capsys.readouterr().out
+
+    # a ledger with eval verdicts: the table shows the checkpoint's rating, CI and the change vs its parent
+    judge = JudgeInfo(backend="reference")
+    rows = []
+    for k in range(12):
+        win = "model_a" if k % 4 else "model_b"
+        rows.append(Verdict(battle_id=f"b{k}", instruction_id=f"i{k}", split="eval", competitor_a="target@it1-sft",
+                            competitor_b="target", model_a="target", model_b="target", checkpoint_a="it1-sft",
+                            winner=win, judge=judge))
+    try:
+        from consumers.ledger import LedgerStore
+    except ImportError:  # the ledger's documented fallback shape: a verdict table with JSON payloads
+        db = sqlite3.connect(tmp_path / "ledger.db")
+        db.execute("CREATE TABLE verdict (id TEXT PRIMARY KEY, payload TEXT)")
+        db.executemany("INSERT INTO verdict VALUES (?, ?)", [(v.id, v.encode().decode()) for v in rows])
+        db.commit()
+        db.close()
+    else:
+        with LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+            store.write(rows)
+    assert main(["iterations", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    (row,) = data["rows"]
+    assert row["checkpoint"] == "it1-sft" and row["failures_used"] == 3 and row["train_loss"] > 0
+    assert row["vs_parent"] > 0 and row["lower"] < row["rating"] < row["upper"]
+    assert "12 eval verdicts" in data["note"]

@@ -254,9 +254,10 @@ def run(args, cfg: Config) -> int:
         svc.refresh_checkpoints()
         for f in read_failure_events(cfg):
             svc.add(f)
-        targets = [args.target] if args.target else sorted(svc.targets)
+        targets = [args.target] if args.target else list(cfg.arena.targets) or sorted(svc.targets)
         if len(targets) != 1:
-            raise UsageError(f"say which target: --target NAME (failures name {', '.join(targets) or 'none'})")
+            raise UsageError(f"say which target: --target NAME (known: {', '.join(targets) or 'none: no failures '}"
+                             f"{'on the topic yet' if not targets else ''})")
         with Publisher(cfg) as pub:
             svc._pub = pub
             try:
