@@ -16,11 +16,12 @@ k-means diversity, instruction length, IFD, INSTAG-like tags) can be reproduced 
 """
 from __future__ import annotations
 
-import hashlib
+import heapq
 import json
 import math
 import random
 import re
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -83,34 +84,41 @@ def _hash_vectors(texts: list[str], dim: int) -> np.ndarray:
         low = t.lower()
         grams += [low[j:j + 3] for j in range(max(0, len(low) - 2))]
         for g in grams:
-            h = int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little")
-            x[i, h % dim] += 1.0
+            x[i, zlib.crc32(g.encode()) % dim] += 1.0  # crc32: stable across processes, unlike hash()
     df = (x > 0).sum(0)
     x *= np.log((1 + len(texts)) / (1 + df)) + 1.0
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.where(norms == 0, 1, norms)
 
 
+def _sq_dist(x: np.ndarray, c: np.ndarray, xx: np.ndarray) -> np.ndarray:
+    # ||x||^2 - 2 x.c + ||c||^2: an n x k matrix without the n x k x dim intermediate
+    return np.maximum(xx[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
+
+
 def _kmeans(pool: list[Failure], k: int, seed: int, dim: int = 512, iters: int = 50) -> list[Failure]:
-    x = _hash_vectors([prompt_text(f) for f in pool], dim)
+    x = _hash_vectors([prompt_text(f) for f in pool], dim).astype(np.float32)
+    xx = (x * x).sum(1)
     rng = np.random.default_rng(seed)
     # k-means++ seeding
     centres = [int(rng.integers(len(x)))]
-    d2 = ((x - x[centres[0]]) ** 2).sum(1)
+    d2 = _sq_dist(x, x[centres[0]][None], xx)[:, 0].astype(np.float64)
     while len(centres) < k:
         p = d2 / d2.sum() if d2.sum() > 0 else np.full(len(x), 1 / len(x))
         c = int(rng.choice(len(x), p=p))
         centres.append(c)
-        d2 = np.minimum(d2, ((x - x[c]) ** 2).sum(1))
+        d2 = np.minimum(d2, _sq_dist(x, x[c][None], xx)[:, 0])
     c = x[centres].copy()
     for _ in range(iters):
-        dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
-        lab = dist.argmin(1)
-        new = np.stack([x[lab == j].mean(0) if (lab == j).any() else c[j] for j in range(k)])
-        if np.allclose(new, c):
+        lab = _sq_dist(x, c, xx).argmin(1)
+        order = np.argsort(lab, kind="stable")
+        present, starts = np.unique(lab[order], return_index=True)
+        new = c.copy()  # an empty cluster keeps its centre
+        new[present] = np.add.reduceat(x[order], starts, axis=0) / np.diff(np.append(starts, len(x)))[:, None]
+        if np.allclose(new, c, atol=1e-6):
             break
         c = new
-    dist = ((x[:, None, :] - c[None, :, :]) ** 2).sum(-1)
+    dist = _sq_dist(x, c, xx)
     chosen: list[int] = []
     taken = np.zeros(len(x), dtype=bool)
     for j in range(k):  # nearest unused member to each centre
@@ -134,21 +142,32 @@ def tags_of(f: Failure) -> set[str]:
 
 
 def _tags(pool: list[Failure], n: int, seed: int) -> list[Failure]:
+    """Greedy coverage: each pick adds the most not-yet-covered tag weight (rare tags weigh more);
+    lazy evaluation (gains only shrink as coverage grows) keeps it fast on large pools."""
     tag_sets = [tags_of(f) for f in pool]
     freq = Counter(t for ts in tag_sets for t in ts)
     rng = random.Random(seed)
-    jitter = [rng.random() for _ in pool]
     covered: set[str] = set()
-    left = set(range(len(pool)))
-    out = []
-    while len(out) < n:
-        # most new tags first (rare tags weigh more), seeded jitter breaks ties
-        best = max(left, key=lambda i: (sum(1 / freq[t] for t in tag_sets[i] - covered), len(tag_sets[i]), jitter[i]))
-        out.append(pool[best])
-        left.discard(best)
-        covered |= tag_sets[best]
-        if covered >= set(freq):
-            covered = set()  # everything covered once: start another round of coverage
+    out: list[Failure] = []
+
+    def gain(i: int) -> float:
+        return sum(1 / freq[t] for t in tag_sets[i] - covered)
+
+    # heap of (-gain, -tag count, seeded jitter, index); a popped entry is re-scored before it is taken
+    heap = [(-gain(i), -len(tag_sets[i]), rng.random(), i) for i in range(len(pool))]
+    heapq.heapify(heap)
+    while len(out) < n and heap:
+        g, nt, j, i = heapq.heappop(heap)
+        fresh = -gain(i)
+        if fresh > g + 1e-12:  # stale: push back with its current gain
+            heapq.heappush(heap, (fresh, nt, j, i))
+            continue
+        out.append(pool[i])
+        covered |= tag_sets[i]
+        if len(covered) == len(freq):  # every tag covered once: start another round of coverage
+            covered = set()
+            heap = [(-gain(k), nt2, j2, k) for _, nt2, j2, k in heap]
+            heapq.heapify(heap)
     return out
 
 
