@@ -330,3 +330,33 @@ model = "{tiny_model}"
     assert row["checkpoint"] == "it1-sft" and row["failures_used"] == 3 and row["train_loss"] > 0
     assert row["vs_parent"] > 0 and row["lower"] < row["rating"] < row["upper"]
     assert "12 eval verdicts" in data["note"]
+
+
+def test_sft_learns_the_winning_answers_multi_turn_included(cfg, tmp_path, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.train import completion_rows, train_iteration
+
+    fs = [failure(i, turns=2) for i in range(4)]
+    turns = completion_rows(sft_rows(fs))
+    assert len(turns) == 8 and turns[1]["prompt"][-2]["content"] == "The answer is 0."  # turn 2 sees turn 1's winner
+    assert all(t["completion"][0]["role"] == "assistant" for t in turns)
+
+    def answer_nll(path):
+        tok, model = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
+        total = 0.0
+        for t in turns:
+            p = tok.apply_chat_template(t["prompt"], add_generation_prompt=True, tokenize=False)
+            ids_p = tok(p, add_special_tokens=False)["input_ids"]
+            ids_a = tok(t["completion"][0]["content"] + "<|im_end|>", add_special_tokens=False)["input_ids"]
+            x = torch.tensor([ids_p + ids_a])
+            with torch.no_grad():
+                lp = torch.log_softmax(model(x).logits[0, :-1], -1).gather(1, x[0, 1:, None])[:, 0]
+            total -= float(lp[-len(ids_a):].mean())
+        return total / len(turns)
+
+    c = _cfg_for_training(cfg, tmp_path, ["sft"], epochs=10, learning_rate=5e-3)
+    res = train_iteration(c, model_path=str(tiny_model), failures=fs, iteration=1, target="target")
+    before, after = answer_nll(str(tiny_model)), answer_nll(res.checkpoints[0].path)
+    assert after < 0.5 * before, (before, after)

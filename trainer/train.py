@@ -105,12 +105,26 @@ def run_sft(cfg, start: str, rows, out: Path, tok):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**_common_args(cfg, out, len(rows)), max_length=MAX_LENGTH, assistant_only_loss=False)
+    turns = completion_rows(rows)
+    args = SFTConfig(**_common_args(cfg, out, len(turns)), max_length=MAX_LENGTH)
     trainer = SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(_trl_columns(rows, ("messages",))))
+                         train_dataset=Dataset.from_list(turns))
     res = trainer.train()
     _save(trainer.model, tok, out)
     return _train_loss(trainer, res)
+
+
+def completion_rows(rows) -> list[dict]:
+    """Conversations -> prompt/completion rows, one per assistant turn (its conversation so far as the
+    prompt). TRL then puts the loss on the answers only, every turn of a multi-turn conversation
+    included; the "messages" form would need {% generation %} markers in the model's chat template."""
+    out = []
+    for r in rows:
+        msgs = r["messages"]
+        for k, m in enumerate(msgs):
+            if m["role"] == "assistant" and k > 0:
+                out.append({"prompt": msgs[:k], "completion": [m]})
+    return out
 
 
 def run_dpo(cfg, start: str, rows, out: Path, tok):
