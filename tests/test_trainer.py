@@ -138,6 +138,25 @@ def test_every_stage_produces_a_loadable_checkpoint(cfg, tmp_path, tiny_model):
     AutoModelForSequenceClassification.from_pretrained(res.metrics["stages"]["reward"]["path"])
 
 
+def test_grpo_and_reward_pairs_from_battles(cfg, tmp_path, tiny_model):
+    from arena_flywheel.events import Battle, Contestant, Verdict
+    from trainer.train import train_iteration
+
+    msgs = [Message(role="user", content=f"what is {k} + 1?") for k in range(6)]
+    battles = [Battle(instruction_id=f"i{k}", messages=[m],
+                      a=Contestant(response_id=f"ra{k}", model="x", answers=[f"{k + 1}"]),
+                      b=Contestant(response_id=f"rb{k}", model="y", answers=["no idea"])) for k, m in enumerate(msgs)]
+    verdicts = [Verdict(battle_id=b.id, instruction_id=b.instruction_id, competitor_a="x", competitor_b="y",
+                        model_a="x", model_b="y", winner="model_a", judge=JudgeInfo(backend="reference"))
+                for b in battles]
+    c = _cfg_for_training(cfg, tmp_path, ["reward", "rl"], rl_algorithm="grpo")
+    res = train_iteration(c, model_path=str(tiny_model), failures=[failure(i) for i in range(4)], iteration=1,
+                          target="target", verdicts=verdicts, battles=battles)
+    assert res.metrics["stages"]["reward"]["examples"] == 6  # the battles' pairs, not the 4 failures
+    (ck,) = res.checkpoints
+    assert ck.stage == "rl" and ck.metrics["algorithm"] == "grpo" and ck.parent == "base"
+
+
 def test_rl_without_reward_model_is_skipped_honestly_and_lora_adapters_chain(cfg, tmp_path, tiny_model):
     from trainer.train import train_iteration
 

@@ -185,7 +185,13 @@ class TrainerService:
                 trained = True
         if n or trained:
             self._pub.flush()
-            self._consumer.commit()
+            try:
+                self._consumer.commit()
+            except Exception as exc:  # noqa: BLE001 - e.g. a round longer than max_poll_interval_ms
+                # The group moved on while we trained; the records come again after the rejoin, and
+                # failures of the checkpoint just trained no longer count, so nothing is used twice.
+                log.warning("trainer: offset commit failed (%s: %s); records will be re-read",
+                            type(exc).__name__, exc)
         return n
 
     def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> list[IterationResult]:
