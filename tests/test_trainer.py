@@ -155,6 +155,7 @@ def test_grpo_and_reward_pairs_from_battles(cfg, tmp_path, tiny_model):
     assert res.metrics["stages"]["reward"]["examples"] == 6  # the battles' pairs, not the 4 failures
     (ck,) = res.checkpoints
     assert ck.stage == "rl" and ck.metrics["algorithm"] == "grpo" and ck.parent == "base"
+    assert isinstance(ck.metrics["mean_reward"], float)
 
 
 def test_rl_without_reward_model_is_skipped_honestly_and_lora_adapters_chain(cfg, tmp_path, tiny_model):

@@ -161,6 +161,8 @@ class TrainerService:
         if res.checkpoints:
             last = res.checkpoints[-1]
             st.checkpoint, st.path, st.iteration = last.checkpoint, last.path, n
+            log.info("%s: iteration %d trained: %s", target, n, ", ".join(
+                f"{k.checkpoint} (loss {k.metrics.get('train_loss')})" for k in res.checkpoints))
         self.results.append(res)
         return res
 
@@ -278,6 +280,8 @@ def run(args, cfg: Config) -> int:
             print(f"{ck.model}@{ck.checkpoint} {ck.path} train_loss={ck.metrics.get('train_loss')} "
                   f"failures_used={ck.metrics.get('failures_used')}")
         return 0
+    # a closed round is the foreground command's output: show it without -v
+    log.setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
         if threading.current_thread() is threading.main_thread() else None

@@ -185,7 +185,9 @@ def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str | None):
                         train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",))))
     res = trainer.train()
     _save(trainer.model, tok, out)
-    return _train_loss(trainer, res)
+    # RLOO/GRPO losses hover near 0 by construction (advantages are centred): the reward says more
+    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
+    return _train_loss(trainer, res), (sum(rewards) / len(rewards) if rewards else None)
 
 
 def _trl_columns(rows, keep) -> list[dict]:
@@ -247,7 +249,7 @@ def train_iteration(cfg: Config, *, model_path: str, failures: list[Failure], it
             elif stage == "reward":
                 loss = run_reward(cfg, current, rows, out, tok)
             else:
-                loss = run_rl(cfg, current, rows, out, tok, reward_path)
+                loss, info["mean_reward"] = run_rl(cfg, current, rows, out, tok, reward_path)
         except StageSkipped as exc:
             info["skipped"] = str(exc)
             log.warning("iteration %d: %s stage skipped: %s", iteration, stage, exc)
@@ -264,7 +266,8 @@ def train_iteration(cfg: Config, *, model_path: str, failures: list[Failure], it
                         parent=current_name, dataset_hash=info["dataset_hash"],
                         metrics={"train_loss": loss, "failures_used": len(failures), "examples": len(rows),
                                  "algorithm": cfg.trainer.rl_algorithm if stage == "rl" else stage,
-                                 "lora": cfg.trainer.lora})
+                                 "lora": cfg.trainer.lora,
+                                 **({"mean_reward": info.get("mean_reward")} if stage == "rl" else {})})
         checkpoints.append(ev)
         if publisher is not None:
             publisher.send(ev)
