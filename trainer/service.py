@@ -23,7 +23,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from arena_flywheel.config import Config
 from arena_flywheel.events import BadEvent, Checkpoint, Failure, decode
