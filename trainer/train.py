@@ -151,7 +151,7 @@ def run_reward(cfg, start: str, rows, out: Path, tok):
                            f"to train a reward model")
     base = _base_of_adapter(start) if _is_adapter(start) else start
     # The reward model starts from the current policy weights (with LoRA: the base) plus a scalar head,
-    # the usual RLHF recipe (InstructGPT; the paper trains its reward model from battles the same way).
+    # the usual RLHF recipe (InstructGPT); its data are battle outcomes, as in the paper.
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     args = RewardConfig(**_common_args(cfg, out, len(rows)), max_length=MAX_LENGTH)
