@@ -351,6 +351,20 @@ model = "{tiny_model}"
     assert row["vs_parent"] > 0 and row["lower"] < row["rating"] < row["upper"]
     assert "12 eval verdicts" in data["note"]
 
+    # with the ledger holding the checkpoints, the table needs no broker (Tansu topics live in memory only)
+    try:
+        from consumers.ledger import LedgerStore
+    except ImportError:
+        return
+    from consumers.generate import read_checkpoints
+
+    with LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
+        store.write(read_checkpoints(cfg))
+    toml = (tmp_path / "arena.toml").read_text().replace(cfg.kafka.bootstrap_servers, "")
+    (tmp_path / "arena.toml").write_text(toml)
+    assert main(["iterations", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["rows"] == data["rows"]
+
 
 def test_sft_learns_the_winning_answers_multi_turn_included(cfg, tmp_path, tiny_model):
     import torch

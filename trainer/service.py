@@ -247,7 +247,8 @@ def _need_broker(cfg: Config) -> None:
     from arena_flywheel.cli import UsageError
 
     if not cfg.kafka.bootstrap_servers:
-        raise UsageError("arena train needs a running broker: start `arena broker` (or set KAFKA_BOOTSTRAP_SERVERS)")
+        raise UsageError("needs a running broker: start `arena broker` (or set KAFKA_BOOTSTRAP_SERVERS); "
+                         "arena iterations also reads a ledger with checkpoints (arena ledger)")
 
 
 def run(args, cfg: Config) -> int:
@@ -333,16 +334,41 @@ def iteration_rows(cfg: Config, checkpoints: list[Checkpoint], split: str = "eva
     return rows, note
 
 
+def ledger_checkpoints(url: str) -> list[Checkpoint] | None:
+    """Checkpoint events from the ledger (the durable copy: Tansu keeps topics in memory only), or None
+    when there is no ledger to read (consumers.ledger missing, or no such database)."""
+    try:
+        from consumers.ledger import LedgerStore
+    except ImportError:
+        return None
+    try:
+        store = LedgerStore(url, create=False)
+    except (FileNotFoundError, ValueError):
+        return None
+    try:
+        return list(store.events("checkpoint"))
+    except Exception as exc:  # noqa: BLE001 - e.g. a ledger without a checkpoint table yet
+        log.debug("ledger checkpoints unreadable: %s", exc)
+        return None
+    finally:
+        store.close()
+
+
 def _it_args(p) -> None:
     p.add_argument("--split", default="eval", help="verdict split the ratings come from (default eval)")
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
+    p.add_argument("--from-topic", action="store_true", help="read checkpoints from the checkpoints topic "
+                   "(default: the ledger when it has any, else the topic)")
 
 
 def _it_run(args, cfg: Config) -> int:
     import json
 
-    _need_broker(cfg)
-    rows, note = iteration_rows(cfg, read_checkpoint_events(cfg), args.split)
+    checkpoints = None if args.from_topic else ledger_checkpoints(cfg.db.url)
+    if not checkpoints:
+        _need_broker(cfg)
+        checkpoints = read_checkpoint_events(cfg)
+    rows, note = iteration_rows(cfg, checkpoints, args.split)
     if args.json:
         print(json.dumps({"rows": rows, "note": note}, indent=1))
         return 0
