@@ -243,12 +243,11 @@ def add_arguments(p) -> None:
     p.add_argument("--max-idle", type=float, default=None, metavar="S", help="stop after S seconds without failures")
 
 
-def _need_broker(cfg: Config) -> None:
+def _need_broker(cfg: Config, hint: str = "") -> None:
     from arena_flywheel.cli import UsageError
 
     if not cfg.kafka.bootstrap_servers:
-        raise UsageError("needs a running broker: start `arena broker` (or set KAFKA_BOOTSTRAP_SERVERS); "
-                         "arena iterations also reads a ledger with checkpoints (arena ledger)")
+        raise UsageError(f"needs a running broker: start `arena broker` (or set KAFKA_BOOTSTRAP_SERVERS){hint}")
 
 
 def run(args, cfg: Config) -> int:
@@ -366,7 +365,7 @@ def _it_run(args, cfg: Config) -> int:
 
     checkpoints = None if args.from_topic else ledger_checkpoints(cfg.db.url)
     if not checkpoints:
-        _need_broker(cfg)
+        _need_broker(cfg, f"; or run `arena ledger` so that {cfg.db.url} holds the checkpoints")
         checkpoints = read_checkpoint_events(cfg)
     rows, note = iteration_rows(cfg, checkpoints, args.split)
     if args.json:
