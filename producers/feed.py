@@ -1,0 +1,384 @@
+"""`arena feed`: instructions from files or stdin onto instructions.train / instructions.eval.
+
+Formats: JSONL, JSON (a list or {"data": [...]}), CSV, Parquet (pyarrow), local HF `datasets`
+directories (load_from_disk), stdin (JSONL), and `--follow` (tail a growing JSONL file).
+Shapes: ShareGPT `conversations`, OpenAI `messages`, MT-bench `turns` (+question_id, category, reference),
+arena-hard `prompt`/`uid` (also `turns` of {"content": ...}), Alpaca `instruction`/`input`/`output`,
+plain `prompt` / `question` / `instruction`.
+
+Instruction ids are content hashes, so a prompt seen twice in one feed is sent once (and downstream
+consumers dedupe across feeds by id). A record that cannot become an Instruction is sent to the
+dead-letter topic with its reason and raw bytes; the feed goes on and counts it.
+
+With the embedded broker (no KAFKA_BOOTSTRAP_SERVERS) topics die with this process, so the feed also
+runs the SQL ledger in-process and drains it before exiting; with an external broker it only produces.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from arena_flywheel.config import Config
+from arena_flywheel.events import BadEvent, Instruction, validate
+
+log = logging.getLogger(__name__)
+
+USER_ROLES = {"human": "user", "user": "user", "prompter": "user"}
+ASSISTANT_ROLES = {"gpt": "assistant", "assistant": "assistant", "chatgpt": "assistant", "bard": "assistant",
+                   "bing": "assistant", "model": "assistant"}
+SYSTEM_ROLES = {"system": "system"}
+ROLE_MAP = USER_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES
+
+
+@dataclass
+class Record:
+    """One input record: where it came from, its raw bytes, and the parsed object or why not."""
+    source: str
+    raw: bytes
+    data: Any = None
+    error: str | None = None
+
+
+@dataclass
+class FeedStats:
+    sent: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    by_split: dict[str, int] = field(default_factory=dict)
+
+    def line(self) -> str:
+        return f"sent {self.sent}, duplicates {self.duplicates}, rejected {self.rejected}"
+
+
+# ------------------------------------------------------------------------- shapes -> Instruction
+def _text(value: Any, name: str) -> str:
+    if isinstance(value, dict) and isinstance(value.get("content"), str):
+        value = value["content"]  # arena-hard v2 style {"content": ...}
+    if not isinstance(value, str):
+        raise BadEvent(f"field {name}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, name: str) -> list:
+    if not isinstance(value, list) or not value:
+        raise BadEvent(f"field {name}: expected a non-empty list, got {type(value).__name__}")
+    return value
+
+
+def _chat(items: list, name: str, role_key: str, text_key: str) -> list[dict[str, str]]:
+    msgs = []
+    for i, m in enumerate(items):
+        if not isinstance(m, dict):
+            raise BadEvent(f"field {name}[{i}]: expected an object, got {type(m).__name__}")
+        role = ROLE_MAP.get(str(m.get(role_key, m.get("role", ""))).lower())
+        if role is None:
+            raise BadEvent(f"field {name}[{i}].{role_key}: unknown role {m.get(role_key)!r}")
+        msgs.append({"role": role, "content": _text(m.get(text_key, m.get("content")), f"{name}[{i}].{text_key}")})
+    return msgs
+
+
+def instruction_fields(d: Any) -> dict[str, Any]:
+    """Map one record of any supported shape to Instruction fields (BadEvent with a reason if not)."""
+    if not isinstance(d, dict):
+        raise BadEvent(f"expected a JSON object, got {type(d).__name__}")
+    out: dict[str, Any] = {}
+    reference = None
+    if "conversations" in d:  # ShareGPT
+        msgs = _chat(_list(d["conversations"], "conversations"), "conversations", "from", "value")
+    elif "messages" in d:  # OpenAI chat
+        msgs = _chat(_list(d["messages"], "messages"), "messages", "role", "content")
+    elif "turns" in d:  # MT-bench, arena-hard v2
+        msgs = [{"role": "user", "content": _text(t, f"turns[{i}]")} for i, t in enumerate(_list(d["turns"], "turns"))]
+        ref = d.get("reference")
+        if isinstance(ref, list) and ref:
+            out["references"] = [_text(r, "reference") for r in ref]
+            reference = out["references"][-1]
+        elif ref is not None:
+            reference = _text(ref, "reference")
+    elif "instruction" in d and ("input" in d or "output" in d):  # Alpaca
+        prompt = _text(d["instruction"], "instruction")
+        extra = d.get("input") or ""
+        prompt = f"{prompt}\n\n{_text(extra, 'input')}" if extra else prompt
+        msgs = [{"role": "user", "content": prompt}]
+        if d.get("output"):
+            reference = _text(d["output"], "output")
+    else:
+        for key in ("prompt", "question", "instruction"):
+            if key in d:
+                msgs = [{"role": "user", "content": _text(d[key], key)}]
+                break
+        else:
+            raise BadEvent("no prompt found: expected one of conversations, messages, turns, "
+                           "instruction, prompt, question")
+    # A trailing assistant message is the recorded answer, not part of the prompt: keep it as reference.
+    while msgs and msgs[-1]["role"] == "assistant":
+        last = msgs.pop()
+        reference = reference or last["content"]
+    out["messages"] = msgs
+    if reference is None and isinstance(d.get("reference"), str):
+        reference = d["reference"]
+    if reference is not None:
+        out["reference"] = reference
+    sid = next((d[k] for k in ("question_id", "uid", "id", "source_id") if d.get(k) not in (None, "")), None)
+    if sid is not None:
+        out["source_id"] = str(sid)
+    if isinstance(d.get("category"), str):
+        out["category"] = d["category"]
+    if isinstance(d.get("tags"), list):
+        out["tags"] = [str(t) for t in d["tags"]]
+    if d.get("split") in ("train", "eval"):
+        out["split"] = d["split"]
+    return out
+
+
+def to_instruction(d: Any, *, split: str, source: str, max_chars: int) -> Instruction:
+    fields = instruction_fields(d)
+    fields.setdefault("split", split)
+    fields["source"] = source
+    size = sum(len(m["content"]) for m in fields["messages"])
+    if size > max_chars:
+        raise BadEvent(f"prompt too long: {size} characters > feed.max_prompt_chars {max_chars}")
+    return validate(Instruction, fields)
+
+
+# ------------------------------------------------------------------------- readers
+def _json_line(source: str, raw: bytes) -> Record:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return Record(source, raw, error=f"invalid UTF-8 at byte {exc.start}")
+    try:
+        return Record(source, raw, json.loads(text))
+    except json.JSONDecodeError as exc:
+        return Record(source, raw, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
+
+
+def read_jsonl(stream: Iterable[bytes], name: str) -> Iterator[Record]:
+    for n, line in enumerate(stream, 1):
+        if line.strip():
+            yield _json_line(f"{name}:{n}", line.rstrip(b"\r\n"))
+
+
+def _rows(name: str, rows: Iterable[dict]) -> Iterator[Record]:
+    for n, row in enumerate(rows, 1):
+        yield Record(f"{name}:{n}", json.dumps(row, ensure_ascii=False, default=str).encode("utf-8"), row)
+
+
+def _plain(v: Any) -> Any:
+    """numpy arrays / pyarrow values from Parquet and datasets -> plain lists and dicts."""
+    if hasattr(v, "tolist"):
+        v = v.tolist()
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
+
+
+def _csv_value(v: str) -> Any:
+    s = v.strip()
+    if s[:1] in "[{":  # list/dict columns (turns, messages) written as JSON
+        try:
+            return json.loads(s)
+        except json.JSONDecodeError:
+            pass
+    return v
+
+
+def iter_records(path: str) -> Iterator[Record]:
+    """Records of a file, directory or '-' (stdin, JSONL)."""
+    from arena_flywheel.cli import UsageError
+
+    if path == "-":
+        yield from read_jsonl(sys.stdin.buffer, "stdin")
+        return
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"{path}: no such file or directory")
+    if p.is_dir():
+        if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
+            raise UsageError(f"{path}: a directory must be a HF datasets save_to_disk directory")
+        import datasets
+
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            for split_name, part in ds.items():
+                yield from _rows(f"{p.name}/{split_name}", ({k: _plain(v) for k, v in r.items()} for r in part))
+        else:
+            yield from _rows(p.name, ({k: _plain(v) for k, v in r.items()} for r in ds))
+        return
+    suffix = p.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        with p.open("rb") as f:
+            yield from read_jsonl(f, p.name)
+    elif suffix == ".json":
+        try:
+            data = json.loads(p.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            with p.open("rb") as f:  # maybe JSONL with a .json name: line by line, bad lines dead-lettered
+                yield from read_jsonl(f, p.name)
+            return
+        if isinstance(data, dict) and isinstance(data.get("data"), list):
+            data = data["data"]
+        if not isinstance(data, list):
+            raise UsageError(f"{path}: JSON must be a list of records or {{\"data\": [...]}}")
+        yield from _rows(p.name, data)
+    elif suffix in (".csv", ".tsv"):
+        with p.open(encoding="utf-8", errors="strict", newline="") as f:
+            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            for n, row in enumerate(reader, 2):  # line 1 is the header
+                raw = json.dumps(row, ensure_ascii=False).encode("utf-8")
+                yield Record(f"{p.name}:{n}", raw, {k: _csv_value(v) for k, v in row.items() if v not in (None, "")})
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow.parquet as pq
+
+        yield from _rows(p.name, (_plain(r) for r in pq.read_table(p).to_pylist()))
+    else:
+        raise UsageError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl, .json, .csv, .parquet, "
+                         "a datasets directory, or - for stdin")
+
+
+def follow_jsonl(path: str, stop, poll_s: float = 0.2) -> Iterator[Record]:
+    """Tail a growing JSONL file: complete lines as they appear; a partial last line waits for its newline."""
+    p = Path(path)
+    n = 0
+    buf = b""
+    with p.open("rb") as f:
+        while True:
+            chunk = f.read(1 << 16)
+            if chunk:
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    n += 1
+                    if line.strip():
+                        yield _json_line(f"{p.name}:{n}", line.rstrip(b"\r"))
+                continue
+            if stop is not None and stop.is_set():
+                return
+            time.sleep(poll_s)
+
+
+# ------------------------------------------------------------------------- the feed
+def feed_records(cfg: Config, records: Iterable[Record], publisher, *, split: str | None = None,
+                 source: str = "", limit: int | None = None, seen: set[str] | None = None,
+                 progress=None) -> FeedStats:
+    """Send Instructions for `records`; dead-letter the bad ones. Returns counts (not flushed: the caller
+    flushes or closes the publisher)."""
+    split = split or cfg.feed.default_split
+    seen = set() if seen is None else seen
+    stats = FeedStats()
+    for rec in records:
+        if limit is not None and stats.sent >= limit:
+            break
+        try:
+            if rec.error:
+                raise BadEvent(rec.error)
+            ins = to_instruction(rec.data, split=split, source=source or rec.source.rsplit(":", 1)[0],
+                                 max_chars=cfg.feed.max_prompt_chars)
+        except BadEvent as exc:
+            stats.rejected += 1
+            publisher.dead_letter(rec.source, exc.reason, rec.raw, stage="feed")
+            log.info("rejected %s: %s", rec.source, exc.reason)
+        else:
+            if ins.id in seen:
+                stats.duplicates += 1
+            else:
+                seen.add(ins.id)
+                publisher.send(ins)
+                stats.sent += 1
+                stats.by_split[ins.split] = stats.by_split.get(ins.split, 0) + 1
+        if progress is not None:
+            progress()
+    return stats
+
+
+def add_arguments(p) -> None:
+    p.add_argument("path", metavar="PATH", help="file (.jsonl .json .csv .parquet), datasets directory, or - for stdin")
+    p.add_argument("--split", choices=("train", "eval"), help="split of records that do not name one "
+                   "(default: feed.default_split)")
+    p.add_argument("--source", default="", help="source name recorded on each instruction (default: file name)")
+    p.add_argument("--follow", action="store_true", help="keep reading a growing JSONL file until Ctrl-C")
+    p.add_argument("--limit", type=int, metavar="N", help="send at most N instructions")
+
+
+def run(args, cfg: Config) -> int:
+    import threading
+
+    from arena_flywheel.broker import kafka_for
+    from arena_flywheel.cli import UsageError
+    from arena_flywheel.kafka import Publisher
+
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit must be at least 1")
+    if args.follow and (args.path == "-" or not Path(args.path).is_file()):
+        raise UsageError("--follow needs an existing JSONL file (stdin is followed anyway until it ends)")
+    if not args.follow:
+        records = iter_records(args.path)
+        first = next(records, None)  # surface usage errors (missing file, bad format) before starting a broker
+        records = _chain(first, records) if first is not None else iter(())
+    stop = threading.Event()
+    written = None
+    with kafka_for(cfg) as (kcfg, embedded):
+        from consumers.ledger import Ledger
+
+        follower = None
+        if embedded and args.follow:  # a growing file: store as it arrives, not only at the end
+            follower = threading.Thread(target=Ledger(kcfg).run, args=(stop,), name="ledger", daemon=True)
+            follower.start()
+        with Publisher(kcfg) as pub:
+            if args.follow:
+                print(f"arena feed: following {args.path}; Ctrl-C stops", file=sys.stderr)
+                stats = FeedStats()
+                try:
+                    stats = feed_records(kcfg, _flushing(follow_jsonl(args.path, None), pub), pub,
+                                         split=args.split, source=args.source, limit=args.limit)
+                except KeyboardInterrupt:
+                    pass
+            else:
+                stats = _feed_with_progress(kcfg, records, pub, args)
+            pub.flush()
+        if follower is not None:
+            stop.set()
+            follower.join(30)
+        if embedded:
+            # The embedded broker's topics vanish with this process: drain them into the ledger first.
+            with Ledger(kcfg) as ledger:
+                ledger.drain(idle_s=1.0, timeout_s=300)
+                written = ledger.written
+    msg = f"arena feed: {stats.line()}"
+    if written is not None:
+        msg += f"; embedded broker, stored in the ledger {cfg.db.url} ({written} new rows)"
+    print(msg)
+    return 0
+
+
+def _chain(first, rest):
+    yield first
+    yield from rest
+
+
+def _flushing(records: Iterator[Record], pub) -> Iterator[Record]:
+    """For --follow: what arrives is sent at once, not after a batch fills."""
+    for rec in records:
+        yield rec
+        pub.flush()
+
+
+def _feed_with_progress(cfg: Config, records, pub, args) -> FeedStats:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    if not sys.stderr.isatty():
+        return feed_records(cfg, records, pub, split=args.split, source=args.source, limit=args.limit)
+    with Progress(TextColumn("feed"), BarColumn(), TextColumn("{task.completed} records"), TimeElapsedColumn(),
+                  transient=True) as prog:
+        task = prog.add_task("feed", total=None)
+        return feed_records(cfg, records, pub, split=args.split, source=args.source, limit=args.limit,
+                            progress=lambda: prog.advance(task))
