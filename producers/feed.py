@@ -269,12 +269,12 @@ def follow_jsonl(path: str, stop, poll_s: float = 0.2) -> Iterator[Record]:
 # ------------------------------------------------------------------------- the feed
 def feed_records(cfg: Config, records: Iterable[Record], publisher, *, split: str | None = None,
                  source: str = "", limit: int | None = None, seen: set[str] | None = None,
-                 progress=None) -> FeedStats:
+                 progress=None, stats: FeedStats | None = None) -> FeedStats:
     """Send Instructions for `records`; dead-letter the bad ones. Returns counts (not flushed: the caller
-    flushes or closes the publisher)."""
+    flushes or closes the publisher). Pass `stats` to keep the counts when the loop is interrupted."""
     split = split or cfg.feed.default_split
     seen = set() if seen is None else seen
-    stats = FeedStats()
+    stats = FeedStats() if stats is None else stats
     for rec in records:
         if limit is not None and stats.sent >= limit:
             break
@@ -338,8 +338,8 @@ def run(args, cfg: Config) -> int:
                 print(f"arena feed: following {args.path}; Ctrl-C stops", file=sys.stderr)
                 stats = FeedStats()
                 try:
-                    stats = feed_records(kcfg, _flushing(follow_jsonl(args.path, None), pub), pub,
-                                         split=args.split, source=args.source, limit=args.limit)
+                    feed_records(kcfg, _flushing(follow_jsonl(args.path, None), pub), pub,
+                                 split=args.split, source=args.source, limit=args.limit, stats=stats)
                 except KeyboardInterrupt:
                     pass
             else:

@@ -135,3 +135,38 @@ def test_cli_feed_then_export(tmp_path):
     r = subprocess.run([arena, "feed", str(tmp_path / "absent.jsonl")], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_stdin_and_follow(tmp_path):
+    import signal
+    import time
+
+    arena = str(ROOT / ".venv" / "bin" / "arena")
+    env = _cli_env(tmp_path)
+    r = subprocess.run([arena, "feed", "-", "--source", "pipe"], input='{"prompt": "from stdin"}\n', cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "sent 1," in r.stdout, r.stderr
+    grow = tmp_path / "grow.jsonl"
+    grow.write_text(json.dumps({"prompt": "first"}) + "\n")
+    p = subprocess.Popen([arena, "feed", str(grow), "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(3)
+        with grow.open("a") as f:  # a line written in two parts: only the complete line is read
+            f.write('{"prompt": "sec')
+            f.flush()
+            time.sleep(1)
+            f.write('ond"}\n' + json.dumps({"prompt": "third"}) + "\n")
+        store = LedgerStore(env["ARENA_DB_URL"])
+        deadline = time.monotonic() + 60
+        while store.count("instruction") < 4 and time.monotonic() < deadline:
+            time.sleep(0.2)  # the follower's ledger stores lines as they arrive
+        assert store.count("instruction") == 4
+    finally:
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "sent 3, duplicates 0, rejected 0" in out
+    assert {i.user_turns[0] for i in store.events("instruction")} == {"from stdin", "first", "second", "third"}
+    assert store.events("instruction", source="pipe")[0].user_turns == ["from stdin"]
+    store.close()
