@@ -204,9 +204,6 @@ def sqlite_path(url: str) -> Path | None:
 class LedgerStore:
     """Tables of every event kind at `url`; thread-safe (one pooled connection per thread)."""
 
-    # Rows per INSERT statement: stays far below SQLite's bound-parameter limit (~13 columns per row).
-    CHUNK = 500
-
     def __init__(self, url: str, *, create: bool = True):
         self.url = url
         self.dialect = sa.engine.make_url(url).get_backend_name()
@@ -264,12 +261,12 @@ class LedgerStore:
         inserted = 0
         with self.engine.begin() as conn:
             for kind, rows in grouped.items():
-                stmt = self._insert(_KINDS[kind][1].__table__)
-                for i in range(0, len(rows), self.CHUNK):
-                    # A multi-row VALUES statement: its rowcount is the rows actually inserted on both
-                    # dialects (conflicting ones are skipped), unlike executemany.
-                    res = conn.execute(stmt.values(rows[i:i + self.CHUNK]))
-                    inserted += max(res.rowcount, 0)
+                table = _KINDS[kind][1].__table__
+                # executemany with RETURNING: SQLAlchemy batches it into multi-row INSERTs from one cached
+                # compiled statement ("insertmanyvalues"); the ids returned are exactly the rows inserted
+                # (conflicting ones are skipped), on SQLite >= 3.35 and PostgreSQL alike.
+                res = conn.execute(self._insert(table).returning(table.c.id), rows)
+                inserted += len(res.all())
         return inserted
 
     # --------------------------------------------------------------------- reading
