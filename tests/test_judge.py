@@ -36,3 +36,32 @@ def test_parses_every_real_gpt4_review():
 ])
 def test_hand_cases(text, want):
     assert parse_scores(text) == want
+
+
+from arena_flywheel.events import Game  # noqa: E402
+from consumers.judging.policies import fastchat, position_flip, score_sum  # noqa: E402
+
+
+def _games(ab, ba):
+    return [Game(order="ab", score_a=ab[0], score_b=ab[1]), Game(order="ba", score_a=ba[0], score_b=ba[1])]
+
+
+def test_score_sum_averages_and_ties_within_margin():
+    assert score_sum(_games((8, 6), (7, 7)), tie_margin=0.5) == ("model_a", 7.5, 6.5, 1.0)
+    assert score_sum(_games((8, 7), (7, 7.5)), tie_margin=0.5)[0] == "tie"  # diff 0.25 < 0.5
+    assert score_sum(_games((6, 6), (6, 6)))[0] == "tie"
+    assert score_sum(_games((2, 9), (3, 8)))[:2] == ("model_b", 2.5)
+
+
+def test_fastchat_disagreement_is_a_tie_and_flip_is_seen():
+    g = _games((9, 5), (4, 6))  # first position always wins: a biased judge
+    assert fastchat(g)[0] == "tie"
+    assert position_flip(g) is True
+    assert fastchat(_games((9, 5), (8, 6)))[0] == "model_a"
+
+
+def test_unparsed_game_is_invalid_never_a_tie():
+    g = [Game(order="ab", score_a=8, score_b=7), Game(order="ba", error="unparseable")]
+    assert score_sum(g)[0] == "invalid"
+    assert fastchat(g)[0] == "invalid"
+    assert position_flip(g) is None
