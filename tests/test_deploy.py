@@ -1,0 +1,42 @@
+"""compose.yaml agrees with the code: every service command is a real CLI command whose flags argparse
+accepts, and every ARENA_/KAFKA_ env var it sets is one the config reads."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from arena_flywheel.cli import COMMANDS
+from arena_flywheel.config import ENV_OVERRIDES
+
+COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[1] / "compose.yaml").read_text())
+ARENA = {n: s for n, s in COMPOSE["services"].items() if s.get("command", [None])[0] == "arena"}
+
+
+def test_compose_has_the_parts():
+    assert {"kafka", "postgres"} <= set(COMPOSE["services"])
+    assert COMPOSE["services"]["kafka"]["image"].startswith("apache/kafka")
+    assert {s["command"][1] for s in ARENA.values()} >= {"ledger", "stream", "generate", "train"}
+
+
+@pytest.mark.parametrize("name", sorted(ARENA))
+def test_service_command_parses(name):
+    import argparse
+
+    argv = ARENA[name]["command"][1:]
+    assert argv[0] in COMMANDS, f"{name}: `arena {argv[0]}` is not a CLI command"
+    module, _, attr = COMMANDS[argv[0]][0].partition(":")
+    mod = importlib.import_module(module)
+    target = getattr(mod, attr) if attr else mod
+    p = argparse.ArgumentParser(exit_on_error=False)
+    target.add_arguments(p)
+    p.parse_args(argv[1:])  # raises on an unknown flag
+
+
+def test_env_vars_are_read_by_the_config():
+    for name, svc in ARENA.items():
+        env = svc.get("environment") or {}
+        for var in env:
+            assert var in ENV_OVERRIDES, f"{name}: {var} is not read by arena_flywheel/config.py"
