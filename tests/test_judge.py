@@ -65,3 +65,49 @@ def test_unparsed_game_is_invalid_never_a_tie():
     assert score_sum(g)[0] == "invalid"
     assert fastchat(g)[0] == "invalid"
     assert position_flip(g) is None
+
+
+from arena_flywheel.events import Battle, Contestant, Message  # noqa: E402
+from consumers.judging.reference import play_two_games, reference_judge, reference_score  # noqa: E402
+
+
+def _battle(a, b, ref):
+    return Battle(instruction_id="i1", messages=[Message(role="user", content="What is 6*7?")], reference=ref,
+                  a=Contestant(response_id="ra", model="ma", answers=[a]),
+                  b=Contestant(response_id="rb", model="mb", answers=[b]))
+
+
+def test_reference_score_exact_numeric_similarity():
+    assert reference_score("42.", ["42"]) == 10.0
+    assert reference_score("The answer is 42", ["42"]) == 9.0
+    assert reference_score("Paris is the capital", ["The capital is Paris"]) < 9.0
+    assert reference_score("banana", ["42"]) < reference_score("The answer is 42", ["42"])
+
+
+def test_two_games_cancel_a_known_first_position_bias():
+    def biased(battle, first, second):  # the reference judge plus +3 for whatever is shown first
+        s1, s2 = (float(x) for x in reference_judge(battle, first, second).split("\n")[0].split())
+        return f"{min(10, s1 + 3):g} {s2:g}\nbiased"
+
+    battles = [_battle("The answer is 42", "I think 41", "42"), _battle("41", "It is 42", "42"),
+               _battle("forty", "fourty", "42")]
+    flips = 0
+    for bt in battles:
+        fair = score_sum(play_two_games(bt, reference_judge))
+        games = play_two_games(bt, biased)
+        assert score_sum(games)[0] == fair[0]  # the bias cancels in the average
+        assert games[0].score_a != games[1].score_a or games[0].score_b != games[1].score_b
+        flips += position_flip(games)
+    assert flips >= 1  # and it is measured: the near-equal pair flips with position
+
+
+def test_unparseable_judge_retries_then_invalid():
+    calls = []
+
+    def mute(battle, first, second):
+        calls.append(1)
+        return "I refuse."
+
+    games = play_two_games(_battle("42", "41", "42"), mute, max_parse_retries=2)
+    assert len(calls) == 6 and all(g.attempts == 3 and g.error for g in games)
+    assert score_sum(games)[0] == "invalid"

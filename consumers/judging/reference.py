@@ -1,0 +1,73 @@
+"""Reference judge (backend "reference", no model) and the two-game protocol.
+
+Each answer is scored against the instruction's reference on its own, so the score cannot depend on
+the position it was shown in; the raw text uses the dual-score format so the same parser reads it.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Callable
+
+from arena_flywheel.events import Battle, Game
+from consumers.judging.parse import parse_scores
+
+_NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
+
+
+def _norm(s: str) -> str:
+    return " ".join(re.sub(r"[^\w\s.-]", " ", s.lower()).split()).strip(" .")
+
+
+def _last_number(s: str) -> float | None:
+    nums = _NUMBER.findall(s)
+    return float(nums[-1].replace(",", "")) if nums else None
+
+
+def reference_score(answer: str, references: list[str]) -> float:
+    """1-10: 10 for a normalised exact match, 9 when the final number matches a numeric reference,
+    else 1 + 8 * best difflib ratio (rounded to one decimal)."""
+    best = 1.0
+    for ref in references:
+        if _norm(answer) == _norm(ref):
+            return 10.0
+        r_num, a_num = _last_number(ref), _last_number(answer)
+        if r_num is not None and _NUMBER.fullmatch(_norm(ref).replace(" ", "")) and a_num == r_num:
+            best = max(best, 9.0)
+        ratio = difflib.SequenceMatcher(None, _norm(answer), _norm(ref)).ratio()
+        best = max(best, round(1 + 8 * ratio, 1))
+    return best
+
+
+def _refs(battle: Battle) -> list[str]:
+    return list(battle.references or ([battle.reference] if battle.reference else []))
+
+
+def reference_judge(battle: Battle, first: str, second: str) -> str:
+    """Judge text for one game: first and second are the answers in the order shown."""
+    refs = _refs(battle)
+    if not refs:
+        return "The instruction has no reference answer; the reference judge cannot score it."
+    s1, s2 = reference_score(first, refs), reference_score(second, refs)
+    return f"{s1:g} {s2:g}\nScores by closeness to the reference answer (exact, numeric, else similarity)."
+
+
+JudgeFn = Callable[[Battle, str, str], str]
+
+
+def play_two_games(battle: Battle, judge: JudgeFn, max_parse_retries: int = 0) -> list[Game]:
+    """Judge with a shown first ("ab") then b shown first ("ba"); scores mapped back to a and b."""
+    a, b = battle.a.answers[-1], battle.b.answers[-1]
+    games = []
+    for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
+        for attempt in range(1, max_parse_retries + 2):
+            raw = judge(battle, first, second)
+            scores = parse_scores(raw)
+            if scores is not None:
+                break
+        if scores is None:
+            games.append(Game(order=order, raw=raw, attempts=attempt, error="unparseable judge output"))
+            continue
+        sa, sb = scores if order == "ab" else scores[::-1]
+        games.append(Game(order=order, raw=raw, score_a=sa, score_b=sb, attempts=attempt))
+    return games
