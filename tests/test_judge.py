@@ -111,3 +111,23 @@ def test_unparseable_judge_retries_then_invalid():
     games = play_two_games(_battle("42", "41", "42"), mute, max_parse_retries=2)
     assert len(calls) == 6 and all(g.attempts == 3 and g.error for g in games)
     assert score_sum(games)[0] == "invalid"
+
+
+from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
+from consumers.judging.health import JudgeHealth  # noqa: E402
+
+
+def _verdict(games):
+    w, a, b, m = score_sum(games)
+    return Verdict(battle_id="b", instruction_id="i", competitor_a="x", competitor_b="y", model_a="x", model_b="y",
+                   games=games, score_a=a, score_b=b, winner=w, margin=m, judge=JudgeInfo(backend="reference"))
+
+
+def test_health_rates():
+    h = JudgeHealth()
+    h.add(_verdict(_games((9, 5), (4, 6))), 10, 50)  # flip; first shown wins both games; a (shorter) wins 6.5-5.5
+    h.add(_verdict(_games((9, 5), (8, 6))), 50, 10)  # a wins both games; a is longer
+    h.add(_verdict([Game(order="ab", error="x"), Game(order="ba", error="x")]))
+    s = h.summary()
+    assert s == {"verdicts": 3, "invalid_rate": 0.3333, "position_flip_rate": 0.5,
+                 "first_position_win_rate": 0.75, "longer_answer_win_rate": 0.5}
