@@ -131,3 +131,33 @@ def test_health_rates():
     s = h.summary()
     assert s == {"verdicts": 3, "invalid_rate": 0.3333, "position_flip_rate": 0.5,
                  "first_position_win_rate": 0.75, "longer_answer_win_rate": 0.5}
+
+
+def test_pool_over_real_broker_battles_in_verdicts_out(cfg):
+    import threading
+    import time as _t
+
+    from arena_flywheel.kafka import Publisher, ensure_topics
+    from consumers.judge import JudgePool
+    from tests.test_generate import read_all
+
+    cfg.kafka.session_timeout_ms = 1000
+    cfg.kafka.heartbeat_interval_ms = 300
+    ensure_topics(cfg)
+    battles = [_battle("42", "41", "42"), _battle("It is 41", "The answer is 42", "42")]
+    with Publisher(cfg) as pub:
+        for b in battles:
+            pub.send(b)
+        pub.send_raw(cfg.topic("battles"), b"k", b"not json")
+        pub.flush()
+    pool = JudgePool(cfg)
+    deadline = _t.monotonic() + 30
+    while pool.counts["battles"] + pool.counts["dead_letters"] < 3 and _t.monotonic() < deadline:
+        pool.poll_once()
+    pool.close()
+    verdicts = read_all(cfg, "verdicts", Verdict)
+    assert sorted(v.winner for v in verdicts) == ["model_a", "model_b"]
+    assert pool.counts["dead_letters"] == 1
+    # idempotent ids: judging the same battle again gives the same verdict id
+    assert {v.id for v in verdicts} == {pool.judge(b).id for b in battles}
+    assert all(v.judge.template_hash and len(v.games) == 2 for v in verdicts)

@@ -1,0 +1,123 @@
+"""Judge pool: battles in, verdicts out (`arena judge`).
+
+Each battle is judged in two games with positions swapped, aggregated by the configured policy.
+Delivery is at-least-once: verdicts and dead letters are flushed (broker acked) before offsets are
+committed; verdict ids are deterministic (battle, judge, policy) so redelivery is deduplicated downstream.
+So far only the reference judge (no model) is wired in; model backends are the next step.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+
+from arena_flywheel.config import Config
+from arena_flywheel.events import BadEvent, Battle, JudgeInfo, Verdict, decode
+from arena_flywheel.kafka import Publisher, ensure_topics, make_consumer
+from consumers.judging.health import JudgeHealth
+from consumers.judging.policies import POLICIES
+from consumers.judging.reference import play_two_games, reference_judge
+
+log = logging.getLogger(__name__)
+
+# The reference judge has no prompt; its "template" is its scoring rule, hashed so a change is visible.
+_REFERENCE_RULE = "reference-v1: exact(normalised)=10, numeric final answer=9, else 1+8*difflib ratio"
+
+
+class JudgePool:
+    def __init__(self, cfg: Config):
+        from arena_flywheel.cli import UsageError
+
+        self.cfg = cfg
+        jc = cfg.judge
+        if jc.backend != "reference":
+            raise UsageError(f"judge backend {jc.backend!r} is not wired in yet; use judge.backend = \"reference\"")
+        if jc.policy not in POLICIES:
+            raise UsageError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
+        self.policy = POLICIES[jc.policy]
+        self.info = JudgeInfo(backend="reference", model="", template_id="reference-v1",
+                              template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(),
+                              sampling={})
+        self.health = JudgeHealth()
+        self.counts = {"battles": 0, "verdicts": 0, "invalid": 0, "dead_letters": 0}
+        ensure_topics(cfg)
+        self._pub = Publisher(cfg)
+        self._consumer = make_consumer(cfg, [cfg.topic("battles")], f"{cfg.kafka.topic_prefix}judge")
+
+    def judge(self, battle: Battle) -> Verdict:
+        games = play_two_games(battle, reference_judge, self.cfg.judge.max_parse_retries)
+        winner, sa, sb, margin = self.policy(games, self.cfg.judge.tie_margin)
+        return Verdict(battle_id=battle.id, instruction_id=battle.instruction_id, split=battle.split,
+                       competitor_a=battle.a.competitor, competitor_b=battle.b.competitor,
+                       model_a=battle.a.model, model_b=battle.b.model,
+                       checkpoint_a=battle.a.checkpoint, checkpoint_b=battle.b.checkpoint,
+                       games=games, score_a=sa, score_b=sb, winner=winner, margin=margin,
+                       policy=self.cfg.judge.policy, judge=self.info)
+
+    def poll_once(self, timeout_ms: int = 500) -> int:
+        """Judge one polled batch; returns the number of records handled."""
+        from kafka import TopicPartition
+        from kafka.structs import OffsetAndMetadata
+
+        batches = self._consumer.poll(timeout_ms=timeout_ms)
+        records = [r for recs in batches.values() for r in recs]
+        if not records:
+            return 0
+        for r in records:
+            try:
+                battle = decode(r.value, Battle)
+            except BadEvent as exc:
+                self._pub.dead_letter("battles", str(exc), r.value, stage="judge")
+                self.counts["dead_letters"] += 1
+                continue
+            v = self.judge(battle)
+            self._pub.send(v)
+            self.counts["battles"] += 1
+            self.counts["verdicts"] += 1
+            self.counts["invalid"] += v.winner == "invalid"
+            self.health.add(v, len(battle.a.answers[-1]), len(battle.b.answers[-1]))
+        self._pub.flush()  # acked before the commit: at-least-once
+        offsets: dict = {}
+        for r in records:
+            tp = TopicPartition(r.topic, r.partition)
+            offsets[tp] = max(offsets.get(tp, 0), r.offset + 1)
+        self._consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
+        return len(records)
+
+    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> dict:
+        idle_since = time.monotonic()
+        try:
+            while not (stop_event and stop_event.is_set()):
+                if self.poll_once():
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
+        finally:
+            self.close()
+        return self.stats()
+
+    def stats(self) -> dict:
+        return {**self.counts, "health": self.health.summary()}
+
+    def close(self) -> None:
+        try:
+            self._consumer.close(autocommit=False)
+        finally:
+            self._pub.close()
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--max-idle", type=float, default=None, help="stop after this many idle seconds")
+
+
+def run(args, cfg: Config) -> int:
+    from arena_flywheel.cli import UsageError
+
+    if not cfg.kafka.bootstrap_servers:
+        raise UsageError("arena judge needs a running broker: export KAFKA_BOOTSTRAP_SERVERS=host:port "
+                         "(the address `arena broker` prints)")
+    stats = JudgePool(cfg).run(max_idle_s=args.max_idle)
+    print(json.dumps(stats, sort_keys=True), flush=True)
+    return 0
