@@ -161,3 +161,13 @@ def test_pool_over_real_broker_battles_in_verdicts_out(cfg):
     # idempotent ids: judging the same battle again gives the same verdict id
     assert {v.id for v in verdicts} == {pool.judge(b).id for b in battles}
     assert all(v.judge.template_hash and len(v.games) == 2 for v in verdicts)
+
+
+def test_default_template_loads_renders_and_is_hashed():
+    from consumers.judging.templates import load_template
+
+    t = load_template("wizardarena-dual-score")
+    text = t.render("Q?", "A1", "A2")
+    assert "Q?" in text and "A1" in text and "{" not in text and len(t.sha256) == 64
+    with pytest.raises(KeyError):
+        load_template("no-such-template")
