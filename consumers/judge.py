@@ -36,6 +36,8 @@ class JudgePool:
             raise UsageError(f"judge backend {jc.backend!r} is not wired in yet; use judge.backend = \"reference\"")
         if jc.policy not in POLICIES:
             raise UsageError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
+        if jc.policy == "arena-hard":  # the reference judge states scores, not [[A>>B]] labels
+            raise UsageError("judge policy arena-hard needs a model judge; use score-sum or fastchat with reference")
         self.policy = POLICIES[jc.policy]
         self.info = JudgeInfo(backend="reference", model="", template_id="reference-v1",
                               template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(),

@@ -171,3 +171,13 @@ def test_default_template_loads_renders_and_is_hashed():
     assert "Q?" in text and "A1" in text and "{" not in text and len(t.sha256) == 64
     with pytest.raises(KeyError):
         load_template("no-such-template")
+
+
+def test_arena_hard_counts_strong_preferences_three():
+    from consumers.judging.policies import arena_hard
+
+    g = [Game(order="ab", raw="... [[A>>B]]"), Game(order="ba", raw="final verdict [[B>A]]")]
+    assert arena_hard(g) == ("model_a", None, None, 4.0)  # 3 + 1, "ba" game: B shown second is a
+    g = [Game(order="ab", raw="[[A>B]]"), Game(order="ba", raw="[[A>B]]")]  # first shown wins both: tie
+    assert arena_hard(g)[0] == "tie"
+    assert arena_hard([Game(order="ab", raw="[[A>B]]"), Game(order="ba", raw="no label")])[0] == "invalid"

@@ -51,3 +51,34 @@ def position_flip(games: list[Game]) -> bool | None:
     if _valid(games) is None:
         return None
     return _game_winner(games[0]) != _game_winner(games[1])
+
+
+_PREF_POINTS = {"A>>B": 3, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -3}
+_LABEL = __import__("re").compile(r"\[\[([AB](?:>>|>|=)[AB])\]\]")
+
+
+def parse_preference(raw: str) -> str | None:
+    """The last "[[A>>B]]"-style label in arena-hard judge text (A = the answer shown first)."""
+    labels = _LABEL.findall(raw or "")
+    return labels[-1] if labels and labels[-1] in _PREF_POINTS else None
+
+
+def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:
+    """Arena-Hard: each game is its own battle, a strong preference (>>) counts 3, a weak one 1.
+    Points are summed for a over both games (labels flipped for the "ba" game); the sign gives the winner
+    and |sum| (0-6) is reported as the margin; scores are None because the judge gives none."""
+    points = 0
+    for g in games:
+        label = g.preference or parse_preference(g.raw)
+        if label is None or label not in _PREF_POINTS:
+            return "invalid", None, None, 0.0
+        p = _PREF_POINTS[label]
+        points += p if g.order == "ab" else -p
+    if len(games) != 2:
+        return "invalid", None, None, 0.0
+    if points == 0 or abs(points) < tie_margin:
+        return "tie", None, None, float(abs(points))
+    return ("model_a" if points > 0 else "model_b"), None, None, float(abs(points))
+
+
+POLICIES["arena-hard"] = arena_hard
