@@ -138,16 +138,19 @@ def test_dashboard_on_real_faust_web_server(cfg, tmp_path):
                 with Publisher(cfg) as pub:
                     pub.send_raw(topic, b"k", json.dumps(msg).encode())
                     pub.flush()
+                t_pub = time.monotonic()
+                while _get_json(base + "/api/state")["verdicts"] == 0:  # the agent has consumed it
+                    assert time.monotonic() - t_pub < 30, log.read_text()[-3000:]
+                    time.sleep(0.05)
                 t0 = time.monotonic()
-                page.wait_for_selector("#lb tbody td:has-text('alpha')", timeout=10000)
+                page.wait_for_selector("#lb tbody td:has-text('alpha')", timeout=2000)  # the issue's 2 s
                 took = time.monotonic() - t0
+                print(f"consumed {t0 - t_pub:.2f}s after publish")
                 shot = root / "tests" / "artifacts" / "dashboard.png"
                 shot.parent.mkdir(exist_ok=True)
                 page.screenshot(path=str(shot), full_page=True)
-                print("dashboard screenshot:", shot, f"row shown {took:.2f}s after publish")
+                print("dashboard screenshot:", shot, f"row shown {took:.2f}s after the state changed")
                 b.close()
-                # the agent needs the consumer's fetch; the page itself refreshes within the 2 s the issue asks
-                assert took < 2.0 + 3.0
         else:
             with Publisher(cfg) as pub:
                 pub.send_raw(topic, b"k", json.dumps(msg).encode())
