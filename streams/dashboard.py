@@ -139,14 +139,14 @@ function render(s){
  var h='';if(pts.length){var t0=Math.min(...pts.map(p=>p[0])),t1=Math.max(...pts.map(p=>p[0]))||t0+1,y0=Math.min(...pts.map(p=>p[2])),y1=Math.max(...pts.map(p=>p[3]));if(t1==t0)t1=t0+1;if(y1==y0){y0-=1;y1+=1}
  var X=t=>40+(W-150)*(t-t0)/(t1-t0),Y=y=>H-20-(H-40)*(y-y0)/(y1-y0),i=0;
  h+='<text x="2" y="15" font-size="10">'+f1(y1)+'</text><text x="2" y="'+(H-20)+'" font-size="10">'+f1(y0)+'</text>';
- for(var m in s.history){var c=cols[i++%cols.length],ps=s.history[m];h+='<polyline fill="none" stroke="'+c+'" points="'+ps.map(p=>X(p[0])+','+Y(p[1])).join(' ')+'"/>';var l=ps[ps.length-1];h+='<text x="'+(X(l[0])+4)+'" y="'+Y(l[1])+'" font-size="11" fill="'+c+'">'+esc(m)+'</text>'}}
+ for(var m in s.history){var c=cols[i++%cols.length],ps=s.history[m];h+='<polyline fill="none" stroke="'+c+'" points="'+ps.map(p=>X(p[0])+','+Y(p[1])).join(' ')+'"/>'+ps.map(p=>'<circle r="2" fill="'+c+'" cx="'+X(p[0])+'" cy="'+Y(p[1])+'"/>').join('');var l=ps[ps.length-1];h+='<text x="'+(X(l[0])+4)+'" y="'+Y(l[1])+'" font-size="11" fill="'+c+'">'+esc(m)+'</text>'}}
  svg.innerHTML=h;
  document.getElementById('ckpt').innerHTML=s.checkpoints.map(c=>'<li>'+esc(c.model)+' iteration '+esc(c.iteration)+': '+esc(c.checkpoint)+(s.elo[c.checkpoint]!=null?' (elo '+f1(s.elo[c.checkpoint])+')':'')+'</li>').join('');
  var ms=[...new Set(s.pairs.flatMap(p=>[p.a,p.b]))].sort(),cell={};
  s.pairs.forEach(p=>{var n=p.a_wins+p.ties+p.b_wins;cell[p.a+'|'+p.b]=[(p.a_wins+p.ties/2)/n,n];cell[p.b+'|'+p.a]=[(p.b_wins+p.ties/2)/n,n]});
  document.getElementById('heat').innerHTML='<tr><th></th>'+ms.map(m=>'<th>'+esc(m)+'</th>').join('')+'</tr>'+ms.map(r=>'<tr><th>'+esc(r)+'</th>'+ms.map(c=>{var v=cell[r+'|'+c];if(!v)return'<td></td>';var g=Math.round(255*v[0]),b='rgb('+(255-g)+','+g+',120)';return'<td style="background:'+b+'" title="'+v[1]+' battles">'+(100*v[0]).toFixed(0)+'% ('+v[1]+')</td>'}).join('')+'</tr>').join('');
  document.getElementById('health').textContent=JSON.stringify(s.health,null,1);
- document.getElementById('fails').innerHTML=s.failures.map(f=>'<div class="fail"><b>'+esc(f.instruction_id||f.id)+'</b> '+esc(f.target||'')+' lost to '+esc(f.winner||f.opponent||'')+'<pre>'+esc(f.instruction||'')+'</pre><b>target</b><pre>'+esc(f.target_answer||f.rejected||'')+'</pre><b>winner</b><pre>'+esc(f.winner_answer||f.chosen||'')+'</pre><b>judge</b><pre>'+esc(f.explanation||'')+'</pre></div>').join('');
+ document.getElementById('fails').innerHTML=s.failures.map(f=>'<div class="fail"><b>'+esc(f.instruction_id||f.id)+'</b> '+esc(f.target||'')+' lost to '+esc(f.winner_model||'')+' (margin '+esc(f.margin)+')<pre>'+esc((f.messages||[]).map(m=>m.role+': '+m.content).join('\\n'))+'</pre><b>target</b><pre>'+esc((f.target_answers||[]).join('\\n---\\n'))+'</pre><b>winner</b><pre>'+esc((f.winner_answers||[]).join('\\n---\\n'))+'</pre><b>judge</b><pre>'+esc(f.explanation||'')+'</pre></div>').join('');
 }
 var ver='';
 async function loop(){for(;;){try{var r=await fetch('/api/events?since='+ver);var s=await r.json();ver=s.version;render(s)}catch(e){await new Promise(r=>setTimeout(r,1000))}}}
