@@ -1,0 +1,465 @@
+"""`arena demo`: the whole Arena Learning flywheel on a laptop CPU, with no configuration.
+
+Every part is the real one, wired as in production, only small:
+- the embedded Kafka-protocol broker (Tansu) and a SQLite ledger,
+- a zoo of tiny competitor models of different strength, trained on the spot on verifiable tasks
+  (cached after the first run); the weakest is the target,
+- one generation pool per competitor, a judge pool with the reference judge (two games per pair),
+- the Faust worker (pairing + ratings agents) in its own process,
+- the trainer: pair-judge selection of the target's failures -> TRL SFT (and DPO) -> checkpoint ->
+  hot-plugged by the target's pool, which re-answers the eval split so the checkpoint gets a rating.
+
+It ends with a table of the target's rating per iteration (95% CIs) and a JSON summary.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .broker import free_port, kafka_for
+from .config import CompetitorConfig, Config
+from .events import Instruction, competitor_name
+
+log = logging.getLogger("arena.demo")
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    eval_size: int
+    train_per_iteration: int
+    iterations: int
+    stages: tuple[str, ...]
+    max_new_tokens: int = 16
+    # Measured on the zoo: 8 epochs at 5e-3 moves the target's mean reference score 1.4 -> 3.2 in
+    # three iterations (win rate vs the strongest 0.05 -> 0.24); 3 epochs at 1e-3 barely moves it.
+    learning_rate: float = 5e-3
+    epochs: float = 8.0
+
+
+FULL_PLAN = DemoPlan(eval_size=100, train_per_iteration=150, iterations=3, stages=("sft", "dpo"))
+FAST_PLAN = DemoPlan(eval_size=60, train_per_iteration=100, iterations=3, stages=("sft",))
+
+
+def add_arguments(p):
+    p.add_argument("--fast", action="store_true", help="a smaller run (used by the test suite)")
+    p.add_argument("--iterations", type=int, default=None, help="flywheel iterations (default 3)")
+    p.add_argument("--summary", metavar="PATH", help="write the JSON summary here (default: print it)")
+    p.add_argument("--data-dir", metavar="DIR", help="where the zoo cache, ledger and checkpoints go "
+                                                    "(default: data_dir of the config, ./arena-data)")
+    p.add_argument("--stages", help="training stages per iteration, comma-separated (e.g. sft,dpo)")
+    p.add_argument("--no-live", action="store_true", help="no live terminal table (plain progress lines)")
+    p.add_argument("--timeout", type=float, default=900, help="give up when a phase waits longer (seconds)")
+
+
+def _plan(args) -> DemoPlan:
+    from .cli import UsageError
+
+    plan = FAST_PLAN if args.fast else FULL_PLAN
+    over = {}
+    if args.iterations is not None:
+        if args.iterations < 1:
+            raise UsageError("--iterations must be at least 1, e.g. --iterations 3")
+        over["iterations"] = args.iterations
+    if args.stages:
+        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
+        bad = [s for s in stages if s not in ("sft", "dpo", "reward", "rl")]
+        if bad or not stages:
+            raise UsageError(f"--stages: unknown stage {bad[0] if bad else '(none)'}; known: sft, dpo, reward, rl, e.g. --stages sft,dpo")
+        over["stages"] = stages
+    return DemoPlan(**{**plan.__dict__, **over})
+
+
+def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPlan) -> Config:
+    """The demo's configuration: the zoo as competitors, the reference judge, target-vs-all battles."""
+    cfg = cfg.model_copy(deep=True)
+    cfg.data_dir = str(data_dir)
+    cfg.db.url = f"sqlite:///{data_dir / 'demo-ledger.db'}"
+    cfg.kafka.topic_prefix = "demo."
+    cfg.competitors = [
+        CompetitorConfig(name=name, backend="transformers", model=str(path), max_new_tokens=plan.max_new_tokens,
+                         batch_size=64, temperature=0.0, device="cpu")
+        for name, path in zoo.items()
+    ]
+    cfg.arena.targets = ["target"]
+    cfg.arena.battle_plan = "target-vs-all"
+    cfg.judge.backend = "reference"
+    cfg.judge.policy = "score-sum"
+    cfg.ratings.failure_margin = min(cfg.trainer.threshold_schedule)
+    cfg.trainer.output_dir = str(data_dir / "checkpoints")
+    cfg.trainer.stages = list(plan.stages)
+    cfg.trainer.learning_rate = plan.learning_rate
+    cfg.trainer.epochs = plan.epochs
+    cfg.trainer.per_device_batch_size = 16
+    return cfg
+
+
+@dataclass
+class Services:
+    """The running parts; stop() ends them all (threads cooperatively, the Faust worker by SIGTERM)."""
+
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+    procs: list[subprocess.Popen] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+    def thread(self, name: str, target, *a):
+        def body():
+            try:
+                target(*a)
+            except Exception as exc:  # noqa: BLE001 - reported to the user, demo stops
+                log.exception("%s failed", name)
+                self.errors.append(f"{name}: {type(exc).__name__}: {exc}")
+                self.stop_event.set()
+
+        t = threading.Thread(target=body, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
+
+    def check(self):
+        for p in self.procs:
+            if p.poll() is not None:
+                self.errors.append(f"Faust worker exited with code {p.returncode} (log: {getattr(p, 'log_path', '?')})")
+        if self.errors:
+            raise RuntimeError("; ".join(self.errors))
+
+    def stop(self):
+        self.stop_event.set()
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for t in self.threads:
+            t.join(20)
+
+
+def _write_toml(cfg: Config, path: Path) -> None:
+    """Write the config the Faust worker subprocess reads (TOML, only what differs from defaults matters)."""
+    def val(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(val(x) for x in v) + "]"
+        return json.dumps(str(v))
+
+    data = cfg.model_dump(exclude_none=True)
+    lines = []
+    for k, v in data.items():
+        if not isinstance(v, (dict, list)) or (isinstance(v, list) and not (v and isinstance(v[0], dict))):
+            lines.append(f"{k} = {val(v)}")
+    for k, v in data.items():
+        if isinstance(v, dict):
+            lines.append(f"\n[{k}]")
+            lines += [f"{kk} = {val(vv)}" for kk, vv in v.items() if not isinstance(vv, dict)]
+        elif isinstance(v, list) and v and isinstance(v[0], dict):
+            for item in v:
+                lines.append(f"\n[[{k}]]")
+                lines += [f"{kk} = {val(vv)}" for kk, vv in item.items() if not isinstance(vv, dict)]
+    path.write_text("\n".join(lines) + "\n")
+
+
+class LedgerView:
+    """What the demo asks of the ledger while it runs: progress, ratings, failures, the summary."""
+
+    def __init__(self, cfg: Config):
+        from consumers.ledger import LedgerStore
+
+        self.cfg = cfg
+        self.store = LedgerStore(cfg.db.url)
+
+    def verdicts(self, split: str):
+        return self.store.events("verdict", split=split)
+
+    def verdicts_of(self, competitor: str, split: str) -> int:
+        return sum(1 for v in self.verdicts(split) if competitor in (v.competitor_a, v.competitor_b))
+
+    def answered(self, model: str, checkpoint: str, split: str = "eval") -> int:
+        return sum(1 for r in self.store.events("response", split=split)
+                   if r.model == model and r.checkpoint == checkpoint)
+
+    def leaderboard(self, split: str = "eval") -> list:
+        from streams.engine import PairCounts, leaderboard, ratings_from_config
+
+        counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split))
+        if not counts.models:
+            return []
+        kw = ratings_from_config(self.cfg.ratings)
+        kw["seed"] = 0
+        return leaderboard(counts, ci="bootstrap", **kw)
+
+    def row(self, competitor: str) -> dict:
+        for r in self.leaderboard():
+            if r.model == competitor:
+                return {"rating": r.rating, "lower": r.lower, "upper": r.upper, "rank": r.rank,
+                        "battles": r.battles, "win_rate": r.win_rate}
+        raise RuntimeError(f"{competitor} has no rated eval battles yet")
+
+    def failures(self, target: str, checkpoint: str):
+        return self.store.failures(target=target, checkpoint=checkpoint)
+
+    def counts(self) -> dict[str, int]:
+        return self.store.counts()
+
+    def close(self):
+        self.store.close()
+
+
+def _render(rows, title: str):
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left")
+    for col, just in (("rank", "right"), ("competitor", "left"), ("rating", "right"), ("95% CI", "right"),
+                      ("battles", "right"), ("win rate", "right")):
+        t.add_column(col, justify=just)
+    for r in rows:
+        t.add_row(str(r.rank), r.model, f"{r.rating:.0f}", f"{r.lower:.0f} .. {r.upper:.0f}", str(r.battles),
+                  f"{r.win_rate:.0%}")
+    return t
+
+
+class Demo:
+    def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900):
+        from rich.console import Console
+
+        self.cfg = cfg
+        self.plan = plan
+        self.data_dir = data_dir
+        self.console = Console()
+        self.live = live and self.console.is_terminal
+        self.timeout = timeout
+        self.services = Services()
+        self.rows: list[dict] = []  # one per rated target checkpoint
+        self.failures_used: dict[int, int] = {}
+        self.t0 = time.monotonic()
+        self.web_port = 0
+
+    def say(self, msg: str) -> None:
+        self.console.print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", highlight=False, soft_wrap=True)
+
+    # --- the pieces ---------------------------------------------------------------------------
+    def start_services(self, cfg: Config) -> None:
+        from consumers.generate import GenerationPool
+        from consumers.judge import JudgePool
+        from consumers.ledger import Ledger
+
+        s = self.services
+        s.thread("ledger", Ledger(cfg).run, s.stop_event)
+        for comp in cfg.competitors:
+            s.thread(f"pool-{comp.name}", GenerationPool(cfg, comp).run, s.stop_event)
+        s.thread("judge", JudgePool(cfg).run, s.stop_event)
+        toml = self.data_dir / "demo-arena.toml"
+        _write_toml(cfg, toml)
+        self.web_port = free_port()
+        log_path = self.data_dir / "faust-worker.log"
+        env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=cfg.kafka.bootstrap_servers)
+        p = subprocess.Popen([sys.executable, "-m", "arena_flywheel.cli", "--config", str(toml), "stream",
+                              "--web-port", str(self.web_port)],
+                             stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
+                             cwd=str(self.data_dir))
+        p.log_path = log_path
+        s.procs.append(p)
+
+    def publish(self, cfg: Config, instructions: list[Instruction]) -> None:
+        from .kafka import Publisher
+
+        with Publisher(cfg) as pub:
+            for ins in instructions:
+                pub.send(ins)
+
+    def wait_for(self, what: str, done, view: LedgerView, interval: float = 1.0):
+        """Poll `done() -> (ok, progress)`; show the live leaderboard (or a line every 10 s) meanwhile."""
+        deadline = time.monotonic() + self.timeout
+        last = 0.0
+        live = None
+        if self.live:
+            from rich.live import Live
+
+            live = Live(console=self.console, refresh_per_second=2, transient=True)
+            live.start()
+        try:
+            while True:
+                self.services.check()
+                ok, progress = done()
+                if ok:
+                    return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"timed out after {self.timeout:.0f}s waiting for {what} ({progress})")
+                if live is not None:
+                    live.update(_render(view.leaderboard(), f"live Elo (eval split) - waiting for {what}: {progress}"))
+                elif time.monotonic() - last > 10:
+                    self.say(f"waiting for {what}: {progress}")
+                    last = time.monotonic()
+                time.sleep(interval)
+        finally:
+            if live is not None:
+                live.stop()
+
+    # --- the flywheel -------------------------------------------------------------------------
+    def run(self) -> dict:
+        from producers import tasks
+
+        from .zoo import DEMO, build_zoo
+
+        plan = self.plan
+        self.say(f"zoo of tiny competitors (trained once, then cached): {', '.join(n for n, _ in DEMO.snapshots)}")
+        zoo = build_zoo(self.data_dir / "zoo", DEMO,
+                        progress=lambda n, steps: self.say(f"  zoo model {n!r} ready after {steps} SFT steps"))
+        cfg = demo_config(self.cfg, self.data_dir, zoo, plan)
+        db_file = self.data_dir / "demo-ledger.db"
+        for f in (db_file, db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm")):
+            f.unlink(missing_ok=True)  # the embedded broker starts empty; so does the demo's ledger
+        shutil.rmtree(cfg.trainer.output_dir, ignore_errors=True)
+
+        eval_set = list(tasks.generate(plan.eval_size, seed=1, split="eval"))
+        exclude = {i.messages[0].content for i in eval_set}
+        train_all = list(tasks.generate(plan.train_per_iteration * (plan.iterations + 1), seed=2, split="train",
+                                        exclude=exclude))
+        slices = [train_all[i * plan.train_per_iteration:(i + 1) * plan.train_per_iteration]
+                  for i in range(plan.iterations + 1)]
+
+        with kafka_for(cfg) as (cfg, _embedded):
+            self.say(f"embedded Kafka broker on {cfg.kafka.bootstrap_servers}; ledger {cfg.db.url}")
+            self.start_services(cfg)
+            self.say(f"Faust worker (pairing + ratings) running; live leaderboard JSON at "
+                     f"http://127.0.0.1:{self.web_port}/leaderboard")
+            view = LedgerView(cfg)
+            try:
+                return self._loop(cfg, view, eval_set, slices)
+            finally:
+                self.services.stop()
+                view.close()
+
+    def _loop(self, cfg: Config, view: LedgerView, eval_set, slices) -> dict:
+        from trainer.select import select
+        from trainer.train import train_iteration
+
+        from .kafka import Publisher
+
+        plan = self.plan
+        target = "target"
+        opponents = [c.name for c in cfg.competitors if c.name != target]
+        checkpoint, path = "base", next(c.model for c in cfg.competitors if c.name == target)
+        self.publish(cfg, eval_set + slices[0])
+        self.say(f"fed {len(eval_set)} eval and {len(slices[0])} train instructions; "
+                 f"{target} battles {', '.join(opponents)} (two games per battle, reference judge)")
+        for it in range(plan.iterations + 1):
+            comp = competitor_name(target, checkpoint)
+            want_eval = len(eval_set) * len(opponents)
+            want_train = len(slices[it]) * len(opponents)
+
+            def progress(comp=comp, want_eval=want_eval, want_train=want_train):
+                e, t = view.verdicts_of(comp, "eval"), view.verdicts_of(comp, "train")
+                return e >= want_eval and t >= want_train, f"{e}/{want_eval} eval and {t}/{want_train} train verdicts"
+
+            self.wait_for(f"verdicts of {comp}", progress, view)
+            row = {"iteration": it, "checkpoint": checkpoint, "competitor": comp, **view.row(comp),
+                   "failures_used": self.failures_used.get(it, 0)}
+            self.rows.append(row)
+            self.say(f"iteration {it}: {comp} rated {row['rating']:.0f} (95% CI {row['lower']:.0f}..{row['upper']:.0f})"
+                     f" over {row['battles']} eval battles")
+            if it == plan.iterations:
+                break
+            # The Faust worker publishes failures as verdicts arrive; the ledger has them by now,
+            # give a straggler a moment (at-least-once: a late one is just not used this round).
+            time.sleep(1.0)
+            threshold = cfg.trainer.threshold_schedule[min(it, len(cfg.trainer.threshold_schedule) - 1)]
+            pool = view.failures(target, checkpoint)
+            chosen = select(pool, method="pair-judge", threshold=threshold, seed=cfg.trainer.seed)
+            self.say(f"iteration {it + 1}: {len(chosen)} of {len(pool)} failures of {comp} lost by >= {threshold:g}; "
+                     f"training {' -> '.join(cfg.trainer.stages)}")
+            if not chosen:
+                raise RuntimeError(f"no failures of {comp} reached the threshold {threshold:g}: nothing to train on")
+            with Publisher(cfg) as pub:
+                result = train_iteration(cfg, model_path=path, failures=chosen, iteration=it + 1, target=target,
+                                         parent=checkpoint, verdicts=view.verdicts("train"), publisher=pub)
+            self.failures_used[it + 1] = result.used
+            last = result.checkpoints[-1]
+            checkpoint, path = last.checkpoint, last.path
+            loss = last.metrics.get("train_loss")
+            self.say(f"iteration {it + 1}: checkpoint {checkpoint} saved"
+                     + (f" (train loss {loss:.3f})" if isinstance(loss, (int, float)) else "")
+                     + "; the target pool hot-plugs it and answers the eval split again")
+
+            def plugged(ckpt=checkpoint):
+                n = view.answered(target, ckpt)
+                return n >= len(eval_set), f"{n}/{len(eval_set)} eval answers"
+
+            self.wait_for(f"{target}@{checkpoint} to answer", plugged, view)
+            self.publish(cfg, slices[it + 1])
+            self.say(f"fed {len(slices[it + 1])} new train instructions")
+        return self.summary(view)
+
+    def summary(self, view: LedgerView) -> dict:
+        counts = view.counts()
+        board = view.leaderboard()
+        plots = None
+        try:
+            from streams.report import write_report
+
+            plots = str(write_report(view.cfg, self.data_dir / "report"))
+        except ImportError:
+            pass
+        first, last = self.rows[0], self.rows[-1]
+        return {
+            "target": "target",
+            "iterations": self.rows,
+            "improved": last["rating"] > first["rating"],
+            "ci_separated": last["lower"] > first["upper"],
+            "events": counts,
+            "failures_used": {str(k): v for k, v in self.failures_used.items()},
+            "leaderboard": [r.__dict__ for r in board],
+            "ledger": view.cfg.db.url,
+            "report": plots,
+            "elapsed_s": round(time.monotonic() - self.t0, 1),
+        }
+
+
+def print_table(console, summary: dict) -> None:
+    from rich.table import Table
+
+    t = Table(title="the target's rating per iteration (eval split, 95% bootstrap CI)", title_justify="left")
+    for col in ("iteration", "checkpoint", "rating", "95% CI", "eval battles", "failures used"):
+        t.add_column(col, justify="left" if col == "checkpoint" else "right")
+    for r in summary["iterations"]:
+        t.add_row(str(r["iteration"]), r["checkpoint"], f"{r['rating']:.0f}", f"{r['lower']:.0f} .. {r['upper']:.0f}",
+                  str(r["battles"]), str(r["failures_used"]))
+    console.print(t)
+    ev = ", ".join(f"{k} {v}" for k, v in summary["events"].items())
+    console.print(f"events: {ev}")
+    console.print(f"ledger: {summary['ledger']}" + (f"; plots and tables: {summary['report']}" if summary["report"] else ""))
+
+
+def run(args, cfg: Config) -> int:
+    from .cli import UsageError
+
+    plan = _plan(args)
+    data_dir = Path(args.data_dir or cfg.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.kafka.bootstrap_servers:
+        raise UsageError("the demo runs on its own embedded broker: unset KAFKA_BOOTSTRAP_SERVERS "
+                         "(or kafka.bootstrap_servers) to run it")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    demo = Demo(cfg, plan, data_dir, live=not args.no_live, timeout=args.timeout)
+    summary = demo.run()
+    print_table(demo.console, summary)
+    text = json.dumps(summary, indent=2)
+    if args.summary:
+        Path(args.summary).write_text(text)
+        demo.console.print(f"summary written to {args.summary}")
+    else:
+        print(text)
+    return 0

@@ -1,0 +1,123 @@
+"""`arena report --out DIR`: PNG plots (ratings with 95% CIs, each target's rating over iterations)
+and the leaderboard as markdown and CSV, from the ledger. Same engine as the stream."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+from arena_flywheel.config import Config
+
+COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
+
+
+def _rows(cfg: Config, split: str):
+    from consumers.ledger import LedgerStore
+
+    from .engine import PairCounts, leaderboard, ratings_from_config
+
+    store = LedgerStore(cfg.db.url)
+    try:
+        verdicts = store.events("verdict", split=split)
+        checkpoints = store.events("checkpoint")
+    finally:
+        store.close()
+    counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
+    if not counts.models:
+        return [], checkpoints
+    return leaderboard(counts, ci="bootstrap", **ratings_from_config(cfg.ratings)), checkpoints
+
+
+def write_tables(rows, out: Path) -> None:
+    with open(out / "leaderboard.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for r in rows:
+            w.writerow([getattr(r, c) if not isinstance(getattr(r, c), float) else round(getattr(r, c), 4)
+                        for c in COLUMNS])
+    lines = ["| rank | model | rating | 95% CI | battles | win rate |", "|---:|---|---:|---:|---:|---:|"]
+    lines += [f"| {r.rank} | {r.model} | {r.rating:.0f} | {r.lower:.0f} .. {r.upper:.0f} | {r.battles} | "
+              f"{r.win_rate:.1%} |" for r in rows]
+    (out / "leaderboard.md").write_text("\n".join(lines) + "\n")
+
+
+def plot_ratings(rows, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = sorted(rows, key=lambda r: r.rating)
+    fig, ax = plt.subplots(figsize=(7, 0.4 * len(rows) + 1.5))
+    y = range(len(rows))
+    ax.errorbar([r.rating for r in rows], list(y),
+                xerr=[[r.rating - r.lower for r in rows], [r.upper - r.rating for r in rows]],
+                fmt="o", capsize=4)
+    ax.set_yticks(list(y), [r.model for r in rows])
+    ax.set_xlabel("rating (Elo scale), 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def iteration_series(rows, checkpoints) -> dict[str, list[tuple[int, str, object]]]:
+    """target model -> [(iteration, checkpoint, Row)] for base and every checkpoint that has a rating."""
+    by_name = {r.model: r for r in rows}
+    series: dict[str, list] = {}
+    for ck in sorted(checkpoints, key=lambda c: (c.model, c.iteration, c.created_at)):
+        row = by_name.get(f"{ck.model}@{ck.checkpoint}")
+        if row is None:
+            continue
+        s = series.setdefault(ck.model, [])
+        if not s and ck.model in by_name:
+            s.append((0, "base", by_name[ck.model]))
+        s.append((ck.iteration, ck.checkpoint, row))
+    return series
+
+
+def plot_iterations(series, path: Path) -> bool:
+    if not series:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for model, pts in series.items():
+        xs = list(range(len(pts)))
+        ax.errorbar(xs, [p[2].rating for p in pts],
+                    yerr=[[p[2].rating - p[2].lower for p in pts], [p[2].upper - p[2].rating for p in pts]],
+                    fmt="-o", capsize=4, label=model)
+        ax.set_xticks(xs, [f"{p[1]}\n(it {p[0]})" for p in pts], fontsize=8)
+    ax.set_ylabel("rating, 95% CI")
+    ax.set_title("target rating per flywheel iteration")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def write_report(cfg: Config, out: str | Path, split: str = "eval") -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, checkpoints = _rows(cfg, split)
+    write_tables(rows, out)
+    if rows:
+        plot_ratings(rows, out / "ratings.png")
+        plot_iterations(iteration_series(rows, checkpoints), out / "iterations.png")
+    return out
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--out", required=True, help="directory for ratings.png, iterations.png, leaderboard.md/.csv")
+    p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (default eval)")
+
+
+def run(args, cfg: Config) -> int:
+    out = write_report(cfg, args.out, args.split)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"report in {out}: {', '.join(files)}")
+    return 0

@@ -1,0 +1,161 @@
+"""`arena watch`: the live leaderboard in a terminal (rich), over SSH as well as locally.
+
+Two sources, same table:
+- the Faust worker's JSON endpoint (`--url http://127.0.0.1:PORT`), the live state of the stream;
+- the ledger (`--from-ledger`, the default when no URL is given): the same engine fitted on the
+  verdicts in SQL, so it works with no worker running (e.g. after a demo).
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from arena_flywheel.config import Config
+
+
+@dataclass
+class Snapshot:
+    rows: list[dict[str, Any]]  # model, rating, lower, upper, rank, battles, win_rate
+    verdicts: int = 0
+    health: dict[str, float] = field(default_factory=dict)
+    lag: int | None = None
+    at: float = field(default_factory=time.time)
+    source: str = ""
+
+
+def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
+    from consumers.ledger import LedgerStore
+
+    from .engine import PairCounts, leaderboard, ratings_from_config
+
+    store = LedgerStore(cfg.db.url)
+    try:
+        verdicts = store.events("verdict", split=split)
+    finally:
+        store.close()
+    counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
+    rows = []
+    if counts.models:
+        kw = ratings_from_config(cfg.ratings)
+        rows = [r.__dict__ for r in leaderboard(counts, ci="bootstrap", **kw)]
+    return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts), source=cfg.db.url)
+
+
+def judge_health(verdicts) -> dict[str, float]:
+    """Position-flip, first-position-win, longer-answer-win and invalid rates of two-game verdicts."""
+    try:
+        from consumers.judging.health import JudgeHealth
+    except ImportError:
+        return {}
+    h = JudgeHealth()
+    for v in verdicts:
+        h.add(v)
+    return h.summary()
+
+
+def from_url(url: str, timeout: float = 2.0) -> Snapshot:
+    import httpx
+
+    base = url.rstrip("/")
+    r = httpx.get(base if base.endswith("/leaderboard") else base + "/leaderboard", timeout=timeout)
+    r.raise_for_status()
+    d = r.json()
+    rows = d.get("rows") or d.get("leaderboard") or []
+    return Snapshot(rows=rows, verdicts=int(d.get("verdicts", 0) or 0), health=d.get("health") or {},
+                    lag=d.get("lag"), at=float(d.get("generated_at", time.time())), source=url)
+
+
+def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | None = None):
+    """The leaderboard as a rich renderable; `start` = ratings when watching began (for the change column)."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    t = Table(expand=False)
+    for col, just in (("rank", "right"), ("model", "left"), ("checkpoint", "left"), ("rating", "right"),
+                      ("95% CI", "right"), ("battles", "right"), ("win rate", "right"), ("change", "right")):
+        t.add_column(col, justify=just)
+    for r in snap.rows:
+        model, _, ckpt = str(r["model"]).partition("@")
+        delta = ""
+        if start is not None and r["model"] in start:
+            d = r["rating"] - start[r["model"]]
+            delta = f"{d:+.0f}" if abs(d) >= 0.5 else "0"
+        elif start is not None:
+            delta = "new"
+        t.add_row(str(r.get("rank", "")), model, ckpt or "base", f"{r['rating']:.0f}",
+                  f"{r['lower']:.0f} .. {r['upper']:.0f}", str(r.get("battles", "")),
+                  f"{r.get('win_rate', 0.0):.0%}", delta)
+    bits = [f"{snap.verdicts} verdicts"]
+    if rate is not None:
+        bits.append(f"{rate:.1f} verdicts/s")
+    if snap.lag is not None:
+        bits.append(f"lag {snap.lag}")
+    if snap.health:
+        bits.append("judge: " + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in snap.health.items()))
+    bits.append(time.strftime("%H:%M:%S", time.localtime(snap.at)))
+    return Group(t, Text(" | ".join(bits), style="dim"))
+
+
+def render_text(snap: Snapshot, width: int = 120, **kw) -> str:
+    """The same view as a plain string (tests, logs, non-terminals)."""
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)
+    console.print(render(snap, **kw))
+    return console.export_text()
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--url", help="Faust worker web address, e.g. http://127.0.0.1:6066 (default: read the ledger)")
+    p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (ledger source)")
+    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    p.add_argument("--once", action="store_true", help="print the table once and exit")
+    p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
+
+
+def run(args, cfg: Config) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from arena_flywheel.cli import UsageError
+
+    if args.interval <= 0:
+        raise UsageError("--interval must be positive, e.g. --interval 1")
+
+    def snap() -> Snapshot:
+        try:
+            return from_url(args.url) if args.url else from_ledger(cfg, args.split)
+        except Exception as exc:  # noqa: BLE001 - a watcher keeps watching through a restart
+            if args.once:
+                where = args.url or cfg.db.url
+                raise UsageError(f"cannot read the leaderboard from {where}: {type(exc).__name__}: {exc}") from None
+            return Snapshot(rows=[], source=f"unavailable: {exc}")
+
+    console = Console()
+    if args.once:
+        s = snap()
+        if args.json:
+            print(json.dumps(s.__dict__, indent=2, default=str))
+        else:
+            console.print(render(s))
+        return 0
+    first = snap()
+    start = {r["model"]: r["rating"] for r in first.rows}
+    prev = (first.verdicts, time.monotonic())
+    try:
+        with Live(render(first, start), console=console, refresh_per_second=4, screen=False) as live:
+            while True:
+                time.sleep(args.interval)
+                s = snap()
+                now = time.monotonic()
+                rate = max(0.0, (s.verdicts - prev[0]) / max(now - prev[1], 1e-6))
+                prev = (s.verdicts, now)
+                for r in s.rows:
+                    start.setdefault(r["model"], r["rating"])
+                live.update(render(s, start, rate))
+    except KeyboardInterrupt:
+        pass
+    return 0
