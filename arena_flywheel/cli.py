@@ -101,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("kafka", "aiokafka", "faust", "mode", "httpx"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING if args.verbose < 2 else logging.DEBUG))
+    # kafka-python's selector warns whenever a task waited >0.1 s for the GIL (busy model threads in
+    # the same process): not actionable, so shown only with -vv.
+    logging.getLogger("kafka.net.selector").setLevel(logging.ERROR if args.verbose < 2 else logging.DEBUG)
     try:
         cfg = load_config(args.config)
         return int(args._target.run(args, cfg) or 0)

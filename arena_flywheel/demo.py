@@ -53,8 +53,10 @@ def add_arguments(p):
     p.add_argument("--fast", action="store_true", help="a smaller run (used by the test suite)")
     p.add_argument("--iterations", type=int, default=None, help="flywheel iterations (default 3)")
     p.add_argument("--summary", metavar="PATH", help="write the JSON summary here (default: print it)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the zoo cache, ledger and checkpoints go "
+    p.add_argument("--data-dir", metavar="DIR", help="where the ledger, checkpoints and report go "
                                                     "(default: data_dir of the config, ./arena-data)")
+    p.add_argument("--zoo-cache", metavar="DIR", help="where the trained zoo is cached across runs "
+                                                     "(default: $ARENA_ZOO_CACHE or ~/.cache/arena-flywheel/zoo)")
     p.add_argument("--stages", help="training stages per iteration, comma-separated (e.g. sft,dpo)")
     p.add_argument("--no-live", action="store_true", help="no live terminal table (plain progress lines)")
     p.add_argument("--timeout", type=float, default=900, help="give up when a phase waits longer (seconds)")
@@ -232,7 +234,8 @@ def _render(rows, title: str):
 
 
 class Demo:
-    def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900):
+    def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900,
+                 zoo_cache: Path | None = None):
         from rich.console import Console
 
         self.cfg = cfg
@@ -246,6 +249,7 @@ class Demo:
         self.failures_used: dict[int, int] = {}
         self.t0 = time.monotonic()
         self.web_port = 0
+        self.zoo_cache = zoo_cache
 
     def say(self, msg: str) -> None:
         self.console.print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", highlight=False, soft_wrap=True)
@@ -316,7 +320,7 @@ class Demo:
 
         plan = self.plan
         self.say(f"zoo of tiny competitors (trained once, then cached): {', '.join(n for n, _ in DEMO.snapshots)}")
-        zoo = build_zoo(self.data_dir / "zoo", DEMO,
+        zoo = build_zoo(self.zoo_cache, DEMO,
                         progress=lambda n, steps: self.say(f"  zoo model {n!r} ready after {steps} SFT steps"))
         cfg = demo_config(self.cfg, self.data_dir, zoo, plan)
         db_file = self.data_dir / "demo-ledger.db"
@@ -453,7 +457,8 @@ def run(args, cfg: Config) -> int:
         raise UsageError("the demo runs on its own embedded broker: unset KAFKA_BOOTSTRAP_SERVERS "
                          "(or kafka.bootstrap_servers) to run it")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    demo = Demo(cfg, plan, data_dir, live=not args.no_live, timeout=args.timeout)
+    demo = Demo(cfg, plan, data_dir, live=not args.no_live, timeout=args.timeout,
+                zoo_cache=Path(args.zoo_cache) if args.zoo_cache else None)
     summary = demo.run()
     print_table(demo.console, summary)
     text = json.dumps(summary, indent=2)

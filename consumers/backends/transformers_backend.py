@@ -22,6 +22,10 @@ from typing import Any
 
 from .base import BackendError, Completion, GenerationRequest, RetryableError
 
+# from_pretrained builds modules on the meta device through process-global patches: two threads
+# loading at once (several pools in one process, as in the demo) leave meta tensors behind.
+_LOAD_LOCK = threading.Lock()
+
 log = logging.getLogger(__name__)
 
 
@@ -112,10 +116,11 @@ class TransformersBackend:
         if self.attn_implementation:
             kw["attn_implementation"] = self.attn_implementation
         try:
-            model = AutoModelForCausalLM.from_pretrained(path, **kw)
+            with _LOAD_LOCK:
+                model = AutoModelForCausalLM.from_pretrained(path, **kw)
+                model.to(self.device)
         except (OSError, ValueError) as exc:
             raise BackendError(f"cannot load a causal LM from {path!r}: {exc}") from None
-        model.to(self.device)
         model.eval()
         return model
 
