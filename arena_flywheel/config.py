@@ -123,6 +123,10 @@ class TrainerConfig(Section):
     epochs: float = Field(1.0, gt=0)
     per_device_batch_size: int = Field(8, ge=1)
     rl_algorithm: Literal["rloo", "grpo"] = "rloo"
+    stage_args: dict[Literal["sft", "dpo", "reward", "rl"], dict[str, Any]] = Field(
+        default_factory=dict,
+        description="per stage, keyword arguments passed to its TRL config (e.g. dpo = {beta = 0.2, "
+                    "num_train_epochs = 2}); they override the settings above")
     lora: bool = False
     seed: int = 0
 
@@ -163,6 +167,7 @@ _EXAMPLES: dict[str, str] = {
     "judge.backend": '"reference"',
     "arena.battle_plan": '"target-vs-all"',
     "trainer.stages": '["sft", "dpo"]',
+    "trainer.stage_args": '{dpo = {beta = 0.1, num_train_epochs = 2}}',
 }
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from arena_flywheel.config import Config
+from arena_flywheel.config import Config, ConfigError
 from arena_flywheel.events import Checkpoint, Failure
 
 from .batches import dataset_hash, dpo_rows, reward_rows, rl_prompts, sft_rows, texts_from_battles
@@ -48,12 +48,30 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def _common_args(cfg: Config, out: Path, n_rows: int) -> dict[str, Any]:
+def _stage_args(config_cls, cfg: Config, stage: str, out: Path, n_rows: int, **specific):
+    """The TRL config of a stage: the trainer section's settings, the stage's own, then the user's
+    trainer.stage_args for that stage, which win."""
     t = cfg.trainer
-    return dict(output_dir=str(out / "_trainer"), per_device_train_batch_size=min(t.per_device_batch_size, max(1, n_rows)),
-                learning_rate=t.learning_rate, num_train_epochs=t.epochs, lr_scheduler_type="constant",
-                use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=1, seed=t.seed,
-                disable_tqdm=True, dataloader_num_workers=0, bf16=False)
+    kw: dict[str, Any] = dict(
+        output_dir=str(out / "_trainer"), per_device_train_batch_size=min(t.per_device_batch_size, max(1, n_rows)),
+        learning_rate=t.learning_rate, num_train_epochs=t.epochs, lr_scheduler_type="constant",
+        use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=1, seed=t.seed,
+        disable_tqdm=True, dataloader_num_workers=0, bf16=False)
+    kw.update(specific)
+    kw.update(t.stage_args.get(stage, {}))
+    try:
+        return config_cls(**kw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"trainer.stage_args.{stage}: {exc} (keys are {config_cls.__name__} arguments, "
+                         f"e.g. num_train_epochs = 2)") from None
+
+
+def _quiet(trainer):
+    """Losses go to the ledger and the returned metrics; the per-step dict printer is only noise."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)
+    return trainer
 
 
 def _is_adapter(path: str | Path) -> bool:
@@ -106,9 +124,9 @@ def run_sft(cfg, start: str, rows, out: Path, tok):
     from trl import SFTConfig, SFTTrainer
 
     turns = completion_rows(rows)
-    args = SFTConfig(**_common_args(cfg, out, len(turns)), max_length=MAX_LENGTH)
-    trainer = SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(turns))
+    args = _stage_args(SFTConfig, cfg, "sft", out, len(turns), max_length=MAX_LENGTH)
+    trainer = _quiet(SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
+                                train_dataset=Dataset.from_list(turns)))
     res = trainer.train()
     _save(trainer.model, tok, out)
     return _train_loss(trainer, res)
@@ -131,11 +149,11 @@ def run_dpo(cfg, start: str, rows, out: Path, tok):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = DPOConfig(**_common_args(cfg, out, len(rows)), max_length=MAX_LENGTH, beta=0.1)
+    args = _stage_args(DPOConfig, cfg, "dpo", out, len(rows), max_length=MAX_LENGTH, beta=0.1)
     # reference = the stage's starting model (the paper's DPO starts from the SFT model); with LoRA
     # TRL uses the policy with its adapter disabled.
-    trainer = DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
-                         train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected"))))
+    trainer = _quiet(DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
+                                train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
     _save(trainer.model, tok, out)
     return _train_loss(trainer, res)
@@ -154,9 +172,9 @@ def run_reward(cfg, start: str, rows, out: Path, tok):
     # the usual RLHF recipe (InstructGPT); its data are battle outcomes, as in the paper.
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    args = RewardConfig(**_common_args(cfg, out, len(rows)), max_length=MAX_LENGTH)
-    trainer = RewardTrainer(model=model, args=args, processing_class=tok,
-                            train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected"))))
+    args = _stage_args(RewardConfig, cfg, "reward", out, len(rows), max_length=MAX_LENGTH)
+    trainer = _quiet(RewardTrainer(model=model, args=args, processing_class=tok,
+                                   train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
     _save(trainer.model, tok, out)
     return _train_loss(trainer, res)
@@ -175,15 +193,14 @@ def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str | None):
         from trl import RLOOConfig as RLConfig, RLOOTrainer as RLTrainer
 
     n_gen = 2  # smallest group that gives a leave-one-out / group baseline
-    common = _common_args(cfg, out, len(rows))
-    per_dev = max(n_gen, (common.pop("per_device_train_batch_size") // n_gen) * n_gen)
-    args = RLConfig(**common, per_device_train_batch_size=per_dev, num_generations=n_gen,
-                    max_completion_length=MAX_COMPLETION_LENGTH, beta=0.0)
+    per_dev = max(n_gen, (min(cfg.trainer.per_device_batch_size, max(1, len(rows))) // n_gen) * n_gen)
+    args = _stage_args(RLConfig, cfg, "rl", out, len(rows), per_device_train_batch_size=per_dev,
+                       num_generations=n_gen, max_completion_length=MAX_COMPLETION_LENGTH, beta=0.0)
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1)
     reward_model.config.pad_token_id = tok.pad_token_id
-    trainer = RLTrainer(model=_load_policy(cfg, start), reward_funcs=reward_model, args=args, processing_class=tok,
-                        reward_processing_classes=tok,
-                        train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",))))
+    trainer = _quiet(RLTrainer(model=_load_policy(cfg, start), reward_funcs=reward_model, args=args,
+                               processing_class=tok, reward_processing_classes=tok,
+                               train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",)))))
     res = trainer.train()
     _save(trainer.model, tok, out)
     # RLOO/GRPO losses hover near 0 by construction (advantages are centred): the reward says more
