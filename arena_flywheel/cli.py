@@ -116,4 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m arena_flywheel.cli` runs this file as __main__; commands raise the UsageError of the
+    # imported arena_flywheel.cli, so run that module's main for the except clauses to match.
+    from arena_flywheel.cli import main as _main
+
+    sys.exit(_main())

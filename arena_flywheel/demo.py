@@ -341,8 +341,8 @@ class Demo:
         with kafka_for(cfg) as (cfg, _embedded):
             self.say(f"embedded Kafka broker on {cfg.kafka.bootstrap_servers}; ledger {cfg.db.url}")
             self.start_services(cfg)
-            self.say(f"Faust worker (pairing + ratings) running; live leaderboard JSON at "
-                     f"http://127.0.0.1:{self.web_port}/leaderboard")
+            self.say(f"Faust worker (pairing + ratings) running; live dashboard at "
+                     f"http://127.0.0.1:{self.web_port}/ (JSON: /leaderboard)")
             view = LedgerView(cfg)
             try:
                 return self._loop(cfg, view, eval_set, slices)

@@ -19,7 +19,7 @@ import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from arena_flywheel.config import Config
-from arena_flywheel.events import BadEvent, DeadLetter, Instruction, Response, Verdict, decode
+from arena_flywheel.events import BadEvent, Checkpoint, DeadLetter, Instruction, Response, Verdict, decode
 
 from . import state as S
 
@@ -58,7 +58,8 @@ def _engine():
 class Stream:
     """A Faust app built from a Config, with its topics, tables and agents."""
 
-    def __init__(self, cfg: Config, *, web_port: int = 6066, web: bool = True, datadir: str | None = None):
+    def __init__(self, cfg: Config, *, web_port: int = 6066, web: bool = True, datadir: str | None = None,
+                 web_bind: str = "127.0.0.1"):
         self.cfg = cfg
         k = cfg.kafka
         if not k.bootstrap_servers:
@@ -87,7 +88,8 @@ class Stream:
             producer_linger=0.0,
             broker_commit_interval=0.5,
             consumer_auto_offset_reset="earliest",
-            web_enabled=web, web_bind="127.0.0.1", web_host="127.0.0.1", web_port=web_port,
+            web_enabled=web, web_bind=web_bind, web_host="127.0.0.1" if web_bind in ("0.0.0.0", "::") else web_bind,
+            web_port=web_port,
             datadir=str(datadir),
             table_cleanup_interval=3600.0,
         )
@@ -99,6 +101,7 @@ class Stream:
         self.t_battles = self.app.topic(cfg.topic("battles"), **raw)
         self.t_failures = self.app.topic(cfg.topic("failures"), **raw)
         self.t_dead = self.app.topic(cfg.topic("deadletter"), **raw)
+        self.t_checkpoints = self.app.topic(cfg.topic("checkpoints"), **raw)
         # One table per agent; every value is one changelog record (see docs/streams.md for why one
         # table with prefixed keys: all writes of a partition are then ordered in one changelog partition).
         self.pairing = self.app.Table("pairing", default=None, key_type=str, value_type=None)
@@ -108,7 +111,18 @@ class Stream:
         self.stats = defaultdict(int)
         self._seen: dict[int, tuple[dict, set[str]]] = {}
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        # what the web page shows (this worker's partitions): see streams/dashboard.py
+        from consumers.judging.health import JudgeHealth
+
+        from .dashboard import DashboardState
+
+        self.dashboard = DashboardState()
+        self.health = JudgeHealth()
         self._register()
+        if web:
+            from .dashboard import install_dashboard
+
+            install_dashboard(self.app, self.dashboard.to_dict)
 
     # -------------------------------------------------------------------------------- helpers
     def _put(self, table, partition: int, key: str, value) -> None:
@@ -172,6 +186,17 @@ class Stream:
                 for p, evs in by_part.items():
                     await self._apply(p, evs)
 
+        @app.agent(self.t_checkpoints, name="checkpoints")
+        async def checkpoints(stream):
+            # for the page's iteration marks only; the pools act on checkpoints, not this worker
+            async for event in stream.events():
+                try:
+                    c = decode(event.value, expect=Checkpoint)
+                except BadEvent as exc:
+                    await self._dead(event, exc.reason, "stream.checkpoints")
+                    continue
+                self.dashboard.add_checkpoint(c.model, c.checkpoint, c.iteration)
+
         @app.timer(interval=cfg.ratings.refresh_s)
         async def refresh():
             self.refresh()
@@ -184,7 +209,7 @@ class Stream:
         async def stats_page(web, request):
             return web.json(self.stats_view())
 
-        self.agents = (pairing, ratings)
+        self.agents = (pairing, ratings, checkpoints)
 
     async def _apply(self, p: int, events) -> None:
         """Apply one partition's verdicts: loss records and failures, then the partition record (offset,
@@ -215,6 +240,9 @@ class Stream:
                 continue
             batch_ids.append(v.id)
             batch_set.add(v.id)
+            self.health.add(v)
+            self.dashboard.add_verdict({"id": v.id, "model_a": v.competitor_a, "model_b": v.competitor_b,
+                                        "winner": v.winner})
             created.append(v.created_at)
             st["applied"] += 1
             S.count(st["counts"][v.split], v.competitor_a, v.competitor_b, v.winner)
@@ -247,6 +275,7 @@ class Stream:
                                   self.pairing.data.get(f"i:{iid}"))
                 if f is not None:
                     await self.t_failures.send(key=f.kafka_key().encode(), value=f.encode())
+                    self.dashboard.add_failure(f)
                     self.stats["failures"] += 1
                 else:
                     self.stats["failures_without_answers"] += 1
@@ -323,6 +352,10 @@ class Stream:
             rows = E.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm, **E.ratings_from_config(r))
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]
+        snap["health"] = {k: v for k, v in self.health.summary().items() if k.endswith("_rate")}
+        if snap["verdicts"] != self.snapshot.get("verdicts") or not self.dashboard.leaderboard:
+            self.dashboard.set_leaderboard(snap["rows"])  # history grows only when ratings can have moved
+        self.dashboard.set_health(snap["health"])
         self.snapshot = snap
         return snap
 
@@ -350,6 +383,9 @@ def create_app(cfg: Config, **kw) -> Stream:
 def add_arguments(p) -> None:
     p.add_argument("--web-port", type=int, default=6066, help="port of the web server (/leaderboard), default 6066")
     p.add_argument("--without-web", action="store_true", help="run without the web server")
+    p.add_argument("--web-bind", default="127.0.0.1", metavar="HOST",
+                   help="address the dashboard listens on (default 127.0.0.1, this machine only; "
+                        "0.0.0.0 exposes it to the network: put it behind a proxy with authentication)")
 
 
 def run(args, cfg: Config) -> int:
@@ -364,7 +400,7 @@ def run(args, cfg: Config) -> int:
         if embedded:
             print(f"arena stream: embedded broker at {cfg.kafka.bootstrap_servers} (topics vanish on exit)",
                   file=sys.stderr)
-        stream = Stream(cfg, web_port=args.web_port, web=not args.without_web)
+        stream = Stream(cfg, web_port=args.web_port, web=not args.without_web, web_bind=args.web_bind)
         worker = faust.Worker(stream.app, loglevel=logging.getLogger().getEffectiveLevel() or logging.WARNING,
                               quiet=True, redirect_stdouts=False, override_logging=False)
         try:

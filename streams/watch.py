@@ -33,6 +33,9 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
     store = LedgerStore(cfg.db.url)
     try:
         verdicts = store.events("verdict", split=split)
+        # answer lengths per battle, for the judge's longer-answer win rate
+        lengths = {b.id: (sum(map(len, b.a.answers)), sum(map(len, b.b.answers)))
+                   for b in store.events("battle", split=split)}
     finally:
         store.close()
     counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
@@ -40,19 +43,17 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
     if counts.models:
         kw = ratings_from_config(cfg.ratings)
         rows = [r.__dict__ for r in leaderboard(counts, ci="bootstrap", **kw)]
-    return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts), source=cfg.db.url)
+    return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts, lengths), source=cfg.db.url)
 
 
-def judge_health(verdicts) -> dict[str, float]:
+def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, float]:
     """Position-flip, first-position-win, longer-answer-win and invalid rates of two-game verdicts."""
-    try:
-        from consumers.judging.health import JudgeHealth
-    except ImportError:
-        return {}
+    from consumers.judging.health import JudgeHealth
+
     h = JudgeHealth()
     for v in verdicts:
-        h.add(v)
-    return h.summary()
+        h.add(v, *(lengths or {}).get(v.battle_id, (None, None)))
+    return {k: v for k, v in h.summary().items() if k.endswith("_rate")}
 
 
 def from_url(url: str, timeout: float = 2.0) -> Snapshot:
@@ -74,9 +75,12 @@ def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | 
     from rich.text import Text
 
     t = Table(expand=False)
-    for col, just in (("rank", "right"), ("model", "left"), ("checkpoint", "left"), ("rating", "right"),
-                      ("95% CI", "right"), ("battles", "right"), ("win rate", "right"), ("change", "right")):
-        t.add_column(col, justify=just)
+    cols = [("rank", "right"), ("model", "left"), ("checkpoint", "left"), ("rating", "right"),
+            ("95% CI", "right"), ("battles", "right"), ("win rate", "right")]
+    if start is not None:
+        cols.append(("change", "right"))
+    for col, just in cols:
+        t.add_column(col, justify=just, no_wrap=True)
     for r in snap.rows:
         model, _, ckpt = str(r["model"]).partition("@")
         delta = ""
@@ -85,9 +89,9 @@ def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | 
             delta = f"{d:+.0f}" if abs(d) >= 0.5 else "0"
         elif start is not None:
             delta = "new"
-        t.add_row(str(r.get("rank", "")), model, ckpt or "base", f"{r['rating']:.0f}",
-                  f"{r['lower']:.0f} .. {r['upper']:.0f}", str(r.get("battles", "")),
-                  f"{r.get('win_rate', 0.0):.0%}", delta)
+        cells = [str(r.get("rank", "")), model, ckpt or "base", f"{r['rating']:.0f}",
+                 f"{r['lower']:.0f}..{r['upper']:.0f}", str(r.get("battles", "")), f"{r.get('win_rate', 0.0):.0%}"]
+        t.add_row(*cells, *([delta] if start is not None else []))
     bits = [f"{snap.verdicts} verdicts"]
     if rate is not None:
         bits.append(f"{rate:.1f} verdicts/s")

@@ -1,7 +1,10 @@
 """Dashboard: DashboardState's dict (the /api/state contract) and the page it is served with."""
 from __future__ import annotations
 
+import pytest
+
 from streams.dashboard import PAGE, DashboardState, _version
+from test_stream import verdict, worker_for  # noqa: F401 - worker_for is a fixture: the real stream worker
 
 
 def test_state_to_dict_counts_redelivered_verdict_once():
@@ -35,40 +38,6 @@ def test_page_has_no_external_urls():
     assert "http://" not in PAGE and "https://" not in PAGE
 
 
-# A minimal real Faust app serving the dashboard: an agent feeds DashboardState from a topic, as the stream would.
-APP = r'''
-import json, os, faust
-from streams.dashboard import DashboardState, install_dashboard
-bootstrap, topic, port, datadir = os.environ["DASH_ARGS"].split(" ")
-app = faust.App(topic + "dash", broker="kafka://" + bootstrap, web_port=int(port), web_bind="127.0.0.1",
-                web_host="127.0.0.1", datadir=datadir, consumer_auto_offset_reset="earliest",
-                topic_replication_factor=1, producer_max_batch_size=1,
-                broker_session_timeout=6.0, broker_heartbeat_interval=1.0, broker_commit_interval=0.5,
-                topic_partitions=1, table_cleanup_interval=3600.0)
-state = DashboardState()
-install_dashboard(app, state.to_dict)
-feed = app.topic(topic, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw")
-
-@app.agent(feed)
-async def ingest(stream):
-    async for raw in stream:
-        msg = json.loads(raw)
-        if "verdict" in msg:
-            state.add_verdict(msg["verdict"])
-        if "leaderboard" in msg:
-            state.set_leaderboard(msg["leaderboard"])
-
-app.main()
-'''
-
-
-def _free_port():
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _get_json(url, timeout=15):
     import json
     import urllib.request
@@ -76,96 +45,82 @@ def _get_json(url, timeout=15):
         return json.loads(r.read())
 
 
-def test_dashboard_on_real_faust_web_server(cfg, tmp_path):
-    import json
+def test_dashboard_on_the_stream_worker(cfg, worker_for, tmp_path):
+    """The real `arena stream` worker serves the page; a Verdict published to the verdicts topic after the
+    page loaded shows up in the browser's table within 2 s of the worker applying it."""
     import os
     import shutil
-    import subprocess
-    import sys
     import time
+    import urllib.request
     from pathlib import Path
 
-    from arena_flywheel.kafka import Publisher, ensure_topics
-    from arena_flywheel.kafka import TopicSpec
+    from arena_flywheel.events import Checkpoint
+    from arena_flywheel.kafka import Publisher
 
     root = Path(__file__).resolve().parents[1]
-    topic = cfg.topic("dashboard-test")
-    ensure_topics(cfg, [TopicSpec("dashboard-test", "any", single_partition=True)])
-    script = tmp_path / "dash_app.py"
-    script.write_text(APP)
-    port = _free_port()
-    log = tmp_path / "app.log"
-    proc = subprocess.Popen([sys.executable, str(script), "worker", "-l", "warn", "--web-port", str(port)],
-                            cwd=root, stdout=open(log, "ab"), stderr=subprocess.STDOUT,
-                            env={**os.environ, "PYTHONPATH": str(root), "PYTHONUNBUFFERED": "1",
-                                 "DASH_ARGS": f"{cfg.kafka.bootstrap_servers} {topic} {port} {tmp_path / 'faust'}"})
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                first = _get_json(base + "/api/state", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, log.read_text()[-3000:]
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(0.3)
-        assert first["verdicts"] == 0 and first["leaderboard"] == []
-        import urllib.request
-        with urllib.request.urlopen(base + "/", timeout=5) as r:
-            assert b"<table id=\"lb\"" in r.read()
-
-        browser = None
-        if shutil.which("chromium") or os.path.exists("/usr/bin/chromium"):
-            try:
-                from playwright.sync_api import sync_playwright
-                browser = True
-            except ImportError:
-                browser = None
-        msg = {"verdict": {"id": "v1", "model_a": "alpha", "model_b": "beta", "winner": "alpha"},
-               "leaderboard": [{"model": "alpha", "rating": 1012.5, "lower": 1001.0, "upper": 1024.0, "rank": 1,
-                                "battles": 1, "win_rate": 1.0},
-                               {"model": "beta", "rating": 987.5, "lower": 976.0, "upper": 999.0, "rank": 2,
-                                "battles": 1, "win_rate": 0.0}]}
-        if browser:
-            with sync_playwright() as pw:
-                b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
-                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run"])
-                page = b.new_page()
-                page.goto(base + "/")
-                page.wait_for_selector("#meta:has-text('verdicts: 0')", timeout=10000)
-                with Publisher(cfg) as pub:
-                    pub.send_raw(topic, b"k", json.dumps(msg).encode())
-                    pub.flush()
-                t_pub = time.monotonic()
-                while _get_json(base + "/api/state")["verdicts"] == 0:  # the agent has consumed it
-                    assert time.monotonic() - t_pub < 30, log.read_text()[-3000:]
-                    time.sleep(0.05)
-                t0 = time.monotonic()
-                page.wait_for_selector("#lb tbody td:has-text('alpha')", timeout=2000)  # the issue's 2 s
-                took = time.monotonic() - t0
-                print(f"consumed {t0 - t_pub:.2f}s after publish")
-                shot = root / "tests" / "artifacts" / "dashboard.png"
-                shot.parent.mkdir(exist_ok=True)
-                page.screenshot(path=str(shot), full_page=True)
-                print("dashboard screenshot:", shot, f"row shown {took:.2f}s after the state changed")
-                b.close()
-        else:
-            with Publisher(cfg) as pub:
-                pub.send_raw(topic, b"k", json.dumps(msg).encode())
-                pub.flush()
-            # long poll answers as soon as the state changes
-            got = _get_json(base + "/api/events?since=" + first["version"], timeout=30)
-            deadline = time.monotonic() + 20
-            while got["verdicts"] == 0 and time.monotonic() < deadline:
-                got = _get_json(base + "/api/events?since=" + got["version"], timeout=30)
-            assert got["verdicts"] == 1, log.read_text()[-3000:]
-            assert [r["model"] for r in got["leaderboard"]] == ["alpha", "beta"]
-            assert got["pairs"] == [{"a": "alpha", "b": "beta", "a_wins": 1, "ties": 0, "b_wins": 0}]
-    finally:
-        proc.terminate()
+    w = worker_for(battle_plan="round-robin")
+    base = f"http://127.0.0.1:{w.port}"
+    deadline = time.monotonic() + 60
+    while True:
         try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+            first = _get_json(base + "/api/state", timeout=2)
+            break
+        except OSError:
+            assert w.proc.poll() is None, w.log.read_text()[-3000:]
+            assert time.monotonic() < deadline, w.log.read_text()[-3000:]
+            time.sleep(0.3)
+    assert first["verdicts"] == 0 and first["leaderboard"] == []
+    with urllib.request.urlopen(base + "/", timeout=5) as r:
+        assert b"<table id=\"lb\"" in r.read()
+
+    def publish(*events):
+        with Publisher(cfg) as pub:
+            for e in events:
+                pub.send(e)
+            pub.flush()
+
+    def wait_state(pred, what, timeout=30):
+        t = time.monotonic()
+        while True:
+            st = _get_json(base + "/api/state")
+            if pred(st):
+                return st
+            assert time.monotonic() - t < timeout, (what, w.log.read_text()[-3000:])
+            time.sleep(0.05)
+
+    vs = [verdict("i1", "alpha", "beta", "model_a"), verdict("i2", "alpha@it1-sft", "beta", "model_a")]
+    ckpt = Checkpoint(model="alpha", checkpoint="it1-sft", path="/nowhere", iteration=1, stage="sft")
+    browser = (shutil.which("chromium") or os.path.exists("/usr/bin/chromium"))
+    if browser:
+        try:
+            from playwright.sync_api import sync_playwright
+        except ImportError:
+            browser = None
+    if not browser:
+        publish(*vs, ckpt)
+        st = wait_state(lambda s: s["verdicts"] == 2 and s["leaderboard"] and s["checkpoints"], "state")
+        assert {r["model"] for r in st["leaderboard"]} == {"alpha", "alpha@it1-sft", "beta"}
+        assert st["checkpoints"] == [{"model": "alpha", "checkpoint": "it1-sft", "iteration": 1}]
+        assert set(st["health"]) >= {"invalid_rate", "position_flip_rate"}
+        pytest.skip("the page's API checked; no chromium+playwright for the browser half "
+                    "(./test installs chromium via scripts/install-chromium.sh)")
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"])
+        try:
+            page = b.new_page()
+            page.goto(base + "/")
+            page.wait_for_selector("#meta:has-text('verdicts: 0')", timeout=10000)
+            t_pub = time.monotonic()
+            publish(*vs, ckpt)
+            wait_state(lambda s: s["verdicts"] == 2 and s["leaderboard"], "the worker applied the verdicts")
+            t0 = time.monotonic()
+            page.wait_for_selector("#lb tbody td:has-text('alpha@it1-sft')", timeout=2000)  # the issue's 2 s
+            took = time.monotonic() - t0
+            shot = root / "tests" / "artifacts" / "dashboard.png"
+            shot.parent.mkdir(exist_ok=True)
+            page.screenshot(path=str(shot), full_page=True)
+            print(f"applied {t0 - t_pub:.2f}s after publish; row shown {took:.2f}s later; screenshot {shot}")
+        finally:
+            b.close()

@@ -42,11 +42,26 @@ def test_demo_fast_improves_the_target(tmp_path):
     for kind in ("instruction", "response", "battle", "verdict", "failure", "checkpoint"):
         assert s["events"].get(kind, 0) > 0, (kind, s["events"])
     assert all(s["failures_used"][str(i)] > 0 for i in (1, 2, 3)), s["failures_used"]
-    # The report the demo points to exists.
-    if s.get("report"):
-        assert (Path(s["report"]) / "leaderboard.md").is_file()
+    # The report the demo points to exists: tables and real PNGs.
+    report = Path(s["report"])
+    assert "| rank | model |" in (report / "leaderboard.md").read_text()
+    for png in ("ratings.png", "iterations.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # The table was printed for a human too.
     assert "rating per iteration" in proc.stdout
+
+    # `arena watch --once` over the demo's ledger shows the same checkpoints the summary rated.
+    cli = [sys.executable, "-m", "arena_flywheel.cli", "--config", str(data_dir / "demo-arena.toml")]
+    w = subprocess.run(cli + ["watch", "--once", "--json"], cwd=tmp_path, env=_env(), capture_output=True,
+                       text=True, timeout=120)
+    assert w.returncode == 0, w.stderr
+    snap = json.loads(w.stdout)
+    models = {r["model"] for r in snap["rows"]}
+    assert {"target", f"target@{last['checkpoint']}", "ace"} <= models, models
+    assert snap["verdicts"] > 0 and set(snap["health"]) >= {"invalid_rate", "position_flip_rate"}
+    text = subprocess.run(cli + ["watch", "--once"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+                          timeout=120).stdout
+    assert last["checkpoint"] in text and "95% CI" in text and "judge:" in text
 
 
 def test_demo_refuses_bad_arguments(tmp_path):
@@ -57,3 +72,16 @@ def test_demo_refuses_bad_arguments(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "arena_flywheel.cli", "demo", "--stages", "sft,ppo"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_watch_table_shows_change_rate_and_health():
+    from streams.watch import Snapshot, render_text
+
+    snap = Snapshot(rows=[{"model": "target@it2-sft", "rating": 1061.2, "lower": 1030.0, "upper": 1094.0, "rank": 1,
+                           "battles": 300, "win_rate": 0.5},
+                          {"model": "ace", "rating": 1000.0, "lower": 990.0, "upper": 1010.0, "rank": 2,
+                           "battles": 700, "win_rate": 0.69}],
+                    verdicts=1000, health={"position_flip_rate": 0.125}, lag=7)
+    text = render_text(snap, start={"ace": 1010.0}, rate=12.5)
+    assert "it2-sft" in text and "1030..1094" in text and "-10" in text and "new" in text
+    assert "12.5 verdicts/s" in text and "lag 7" in text and "position flip rate 12%" in text

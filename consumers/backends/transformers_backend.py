@@ -22,9 +22,11 @@ from typing import Any
 
 from .base import BackendError, Completion, GenerationRequest, RetryableError
 
-# from_pretrained builds modules on the meta device through process-global patches: two threads
-# loading at once (several pools in one process, as in the demo) leave meta tensors behind.
-_LOAD_LOCK = threading.Lock()
+# Loading is serialized per process: transformers' lazy module raises ImportError to a second thread
+# importing it at the same time, and from_pretrained builds modules on the meta device through
+# process-global patches, so two threads loading at once (several pools in one process, as in the
+# demo) leave meta tensors behind. RLock: _load_model runs inside the constructor's hold.
+_LOAD_LOCK = threading.RLock()
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +93,9 @@ class TransformersBackend:
         self.current_path = str(model_path)
         self._lock = threading.Lock()  # generate and load never overlap
         self._warned_template = False
-        self.tokenizer = self._load_tokenizer(self.base_path)
-        self.model = self._load_model(self.base_path)
+        with _LOAD_LOCK:
+            self.tokenizer = self._load_tokenizer(self.base_path)
+            self.model = self._load_model(self.base_path)
 
     # ------------------------------------------------------------------ loading
     def _load_tokenizer(self, path: str):
