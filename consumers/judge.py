@@ -3,7 +3,8 @@
 Each battle is judged in two games with positions swapped, aggregated by the configured policy.
 Delivery is at-least-once: verdicts and dead letters are flushed (broker acked) before offsets are
 committed; verdict ids are deterministic (battle, judge, policy) so redelivery is deduplicated downstream.
-So far only the reference judge (no model) is wired in; model backends are the next step.
+Judges: the reference judge (no model; verifiable tasks, the demo) or any generation backend
+(transformers, vLLM, OpenAI-compatible) behind a prompt template, batched per poll (consumers/judging/model.py).
 """
 from __future__ import annotations
 
@@ -32,16 +33,17 @@ class JudgePool:
 
         self.cfg = cfg
         jc = cfg.judge
-        if jc.backend != "reference":
-            raise UsageError(f"judge backend {jc.backend!r} is not wired in yet; use judge.backend = \"reference\"")
         if jc.policy not in POLICIES:
             raise UsageError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
-        if jc.policy == "arena-hard":  # the reference judge states scores, not [[A>>B]] labels
-            raise UsageError("judge policy arena-hard needs a model judge; use score-sum or fastchat with reference")
         self.policy = POLICIES[jc.policy]
-        self.info = JudgeInfo(backend="reference", model="", template_id="reference-v1",
-                              template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(),
-                              sampling={})
+        self.model_judge = None
+        if jc.backend == "reference":
+            if jc.policy == "arena-hard":  # the reference judge states scores, not [[A>>B]] labels
+                raise UsageError("judge policy arena-hard needs a model judge; use score-sum or fastchat with reference")
+            self.info = JudgeInfo(backend="reference", model="", template_id="reference-v1",
+                                  template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(), sampling={})
+        else:
+            self.model_judge, self.info = _model_judge(jc)
         self.health = JudgeHealth()
         self.counts = {"battles": 0, "verdicts": 0, "invalid": 0, "dead_letters": 0}
         ensure_topics(cfg)
@@ -49,7 +51,16 @@ class JudgePool:
         self._consumer = make_consumer(cfg, [cfg.topic("battles")], f"{cfg.kafka.topic_prefix}judge")
 
     def judge(self, battle: Battle) -> Verdict:
-        games = play_two_games(battle, reference_judge, self.cfg.judge.max_parse_retries)
+        return self.judge_many([battle])[0]
+
+    def judge_many(self, battles: list[Battle]) -> list[Verdict]:
+        if self.model_judge is not None:
+            all_games = self.model_judge.games(battles)  # one batched backend call for all games
+        else:
+            all_games = [play_two_games(b, reference_judge, self.cfg.judge.max_parse_retries) for b in battles]
+        return [self._verdict(b, g) for b, g in zip(battles, all_games)]
+
+    def _verdict(self, battle: Battle, games) -> Verdict:
         winner, sa, sb, margin = self.policy(games, self.cfg.judge.tie_margin)
         return Verdict(battle_id=battle.id, instruction_id=battle.instruction_id, split=battle.split,
                        competitor_a=battle.a.competitor, competitor_b=battle.b.competitor,
@@ -67,14 +78,14 @@ class JudgePool:
         records = [r for recs in batches.values() for r in recs]
         if not records:
             return 0
+        battles = []
         for r in records:
             try:
-                battle = decode(r.value, Battle)
+                battles.append(decode(r.value, Battle))
             except BadEvent as exc:
                 self._pub.dead_letter("battles", str(exc), r.value, stage="judge")
                 self.counts["dead_letters"] += 1
-                continue
-            v = self.judge(battle)
+        for battle, v in zip(battles, self.judge_many(battles) if battles else []):
             self._pub.send(v)
             self.counts["battles"] += 1
             self.counts["verdicts"] += 1
@@ -108,6 +119,36 @@ class JudgePool:
             self._consumer.close(autocommit=False)
         finally:
             self._pub.close()
+            if self.model_judge is not None:
+                self.model_judge.close()
+
+
+def _model_judge(jc):
+    """A ModelJudge for judge.backend / judge.model / judge.template, and the JudgeInfo that names it."""
+    from arena_flywheel.cli import UsageError
+    from consumers.backends import create_backend
+    from consumers.backends.base import BackendError
+    from consumers.judging.model import ModelJudge
+    from consumers.judging.templates import load_template
+
+    try:
+        template = load_template(jc.template)
+    except KeyError as exc:
+        raise UsageError(f"judge.template: {exc.args[0]}") from None
+    labels = jc.policy == "arena-hard"
+    if labels != ("[[A>>B]]" in template.text):
+        raise UsageError(f"judge.policy {jc.policy!r} and judge.template {jc.template!r} do not match: "
+                         "arena-hard reads [[A>>B]] labels (template pairwise-labels); score-sum and fastchat "
+                         "read two scores (e.g. wizardarena-dual-score)")
+    try:
+        backend = create_backend(jc)
+    except BackendError as exc:
+        raise UsageError(f"judge backend {jc.backend!r}: {exc}") from None
+    sampling = {"temperature": jc.temperature, "max_new_tokens": jc.max_new_tokens}
+    info = JudgeInfo(backend=jc.backend, model=jc.model, template_id=template.id, template_hash=template.sha256,
+                     sampling=sampling)
+    return ModelJudge(backend, template, labels=labels, max_new_tokens=jc.max_new_tokens,
+                      temperature=jc.temperature, max_parse_retries=jc.max_parse_retries), info
 
 
 def add_arguments(p) -> None:

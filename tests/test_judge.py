@@ -181,3 +181,97 @@ def test_arena_hard_counts_strong_preferences_three():
     g = [Game(order="ab", raw="[[A>B]]"), Game(order="ba", raw="[[A>B]]")]  # first shown wins both: tie
     assert arena_hard(g)[0] == "tie"
     assert arena_hard([Game(order="ab", raw="[[A>B]]"), Game(order="ba", raw="no label")])[0] == "invalid"
+
+
+class _Scripted:
+    """A test double for a generation backend: answers from a list of judge texts, in call order."""
+
+    def __init__(self, texts):
+        self.texts, self.requests = list(texts), []
+
+    def generate(self, reqs):
+        from consumers.backends.base import Completion
+
+        self.requests.extend(reqs)
+        return [Completion(text=self.texts.pop(0)) for _ in reqs]
+
+
+def test_model_judge_maps_positions_back_and_retries_unparsed_games():
+    from consumers.judging.model import ModelJudge
+    from consumers.judging.templates import load_template
+
+    b = _battle("It is 41", "The answer is 42", "42")
+    backend = _Scripted(["8 3\nfirst shown better", "I cannot decide", "2 9\nsecond shown better"])
+    mj = ModelJudge(backend, load_template("wizardarena-dual-score"), max_parse_retries=1)
+    (ab, ba), = mj.games([b])
+    assert (ab.score_a, ab.score_b, ab.attempts) == (8, 3, 1)
+    assert (ba.score_a, ba.score_b, ba.attempts) == (9, 2, 2)  # shown b first: scores swapped back
+    first, second = backend.requests[0].messages[0]["content"], backend.requests[1].messages[0]["content"]
+    assert first.index("It is 41") < first.index("The answer is 42")
+    assert second.index("The answer is 42") < second.index("It is 41")
+    # out of retries: an error game, kept with its raw text (the policy then says invalid)
+    mj = ModelJudge(_Scripted(["no", "no", "7 7", "still no"]), load_template("wizardarena-dual-score"),
+                    max_parse_retries=1)
+    (ab, ba), = mj.games([b])  # first call: ab "no", ba "no"; the retry: ab "7 7", ba "still no"
+    assert ab.score_a == 7 and ab.error is None and ab.attempts == 2
+    assert ba.error == "unparseable judge output" and ba.raw == "still no" and ba.attempts == 2
+    assert score_sum([ab, ba])[0] == "invalid"
+
+
+def test_model_judge_labels_and_reference_template():
+    from consumers.judging.model import ModelJudge
+    from consumers.judging.policies import arena_hard
+    from consumers.judging.templates import load_template
+
+    b = _battle("It is 41", "The answer is 42", "42")
+    mj = ModelJudge(_Scripted(["A is wrong. [[B>>A]]", "[[A>>B]]"]), load_template("pairwise-labels"), labels=True)
+    games = mj.games([b])[0]
+    assert [g.preference for g in games] == ["B>>A", "A>>B"] and arena_hard(games)[0] == "model_b"
+    backend = _Scripted(["1 10", "10 1"])
+    ModelJudge(backend, load_template("reference-guided-dual-score")).games([b])
+    assert "42" in backend.requests[0].messages[0]["content"].split("Reference Answer]")[1]
+
+
+def test_tiny_model_judge_over_real_broker_gives_invalid_not_a_crash(cfg, tmp_path):
+    """An untrained tiny transformers model as judge: its text never parses, so every verdict is
+    `invalid` after the retries, counted in the health; nothing crashes and nothing is a silent tie."""
+    import time as _t
+
+    from arena_flywheel.kafka import Publisher, ensure_topics
+    from arena_flywheel.tinymodel import build_tiny_model
+    from consumers.judge import JudgePool
+    from tests.test_generate import read_all
+
+    model = build_tiny_model(tmp_path / "judge-model", max_positions=2048)  # the judge prompt is ~600 tokens
+    cfg.judge.backend, cfg.judge.model = "transformers", str(model)
+    cfg.judge.max_new_tokens, cfg.judge.max_parse_retries = 12, 1
+    ensure_topics(cfg)
+    battles = [_battle("42", "41", "42"), _battle("It is 41", "The answer is 42", "42")]
+    with Publisher(cfg) as pub:
+        for b in battles:
+            pub.send(b)
+        pub.flush()
+    pool = JudgePool(cfg)
+    deadline = _t.monotonic() + 60
+    while pool.counts["battles"] < 2 and _t.monotonic() < deadline:
+        pool.poll_once()
+    stats = pool.stats()
+    pool.close()
+    verdicts = read_all(cfg, "verdicts", Verdict)
+    assert [v.winner for v in verdicts] == ["invalid", "invalid"]
+    assert all(g.error == "unparseable judge output" and g.attempts == 2 and g.raw
+               for v in verdicts for g in v.games), [v.games for v in verdicts]
+    assert verdicts[0].judge.backend == "transformers" and verdicts[0].judge.template_id == "wizardarena-dual-score"
+    assert stats["invalid"] == 2 and stats["health"]["invalid_rate"] == 1.0
+
+
+def test_judge_config_mismatch_is_one_line(cfg):
+    from arena_flywheel.cli import UsageError
+    from consumers.judge import JudgePool
+
+    cfg.judge.backend, cfg.judge.model, cfg.judge.policy = "openai", "m", "arena-hard"
+    with pytest.raises(UsageError, match="pairwise-labels"):
+        JudgePool(cfg)
+    cfg.judge.template = "nope"
+    with pytest.raises(UsageError, match="unknown judge template"):
+        JudgePool(cfg)

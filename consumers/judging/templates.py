@@ -17,8 +17,12 @@ class Template:
     def sha256(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()
 
-    def render(self, question: str, answer_1: str, answer_2: str) -> str:
-        return self.text.format(question=question, answer_1=answer_1, answer_2=answer_2)
+    @property
+    def needs_reference(self) -> bool:
+        return "{reference}" in self.text
+
+    def render(self, question: str, answer_1: str, answer_2: str, reference: str = "") -> str:
+        return self.text.format(question=question, answer_1=answer_1, answer_2=answer_2, reference=reference)
 
 
 def load_template(template_id: str) -> Template:
