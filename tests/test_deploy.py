@@ -18,7 +18,27 @@ ARENA = {n: s for n, s in COMPOSE["services"].items() if s.get("command", [None]
 def test_compose_has_the_parts():
     assert {"kafka", "postgres"} <= set(COMPOSE["services"])
     assert COMPOSE["services"]["kafka"]["image"].startswith("apache/kafka")
-    assert {s["command"][1] for s in ARENA.values()} >= {"ledger", "stream", "generate", "train"}
+    assert {s["command"][1] for s in ARENA.values()} >= {"ledger", "stream", "generate", "judge", "train"}
+
+
+def _check_compose_schema(path):
+    """check-jsonschema with the Compose specification's schema it ships (vendor.compose-spec): no network."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec",
+                           str(path)], capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_follows_the_compose_specification(tmp_path):
+    pytest.importorskip("check_jsonschema", reason="check-jsonschema is in the dev extra: ./test installs it")
+    ok = _check_compose_schema(Path(__file__).resolve().parents[1] / "compose.yaml")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # and the check can fail: a port list given as a number and an unknown service key are refused
+    bad = dict(COMPOSE, services={**COMPOSE["services"], "stream": {**COMPOSE["services"]["stream"],
+                                                                    "ports": 6066, "replica": 2}})
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(bad))
+    assert _check_compose_schema(tmp_path / "bad.yaml").returncode != 0
 
 
 @pytest.mark.parametrize("name", sorted(ARENA))
