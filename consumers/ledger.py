@@ -187,9 +187,10 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur = dbapi_conn.cursor()
     # WAL lets readers (watch, export, the demo) read while the ledger writes, across processes;
     # busy_timeout makes a second writer wait instead of failing with "database is locked".
+    # busy_timeout first: switching to WAL takes a lock, and another process may hold one right now.
+    cur.execute("PRAGMA busy_timeout=30000")
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a power cut replays from Kafka offsets
-    cur.execute("PRAGMA busy_timeout=30000")
     cur.close()
 
 

@@ -10,8 +10,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   echo "arena: creating virtualenv $VENV" >&2
   "$PY" -m venv "$VENV"
 fi
-stamp="$VENV/.arena-installed"
-want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)$extras"
+stamp="$VENV/.arena-installed${extras:+-${extras//,/-}}"  # one per extras set: ./arena and ./test do not undo each other
+want="$(cat "$ROOT/pyproject.toml" "$ROOT/scripts/bootstrap.sh" | sha256sum | cut -c1-16)"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
   # Torch first, chosen by the hardware: a bare `torch` from PyPI is a multi-GB CUDA build.

@@ -353,11 +353,26 @@ class Stream:
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]
         snap["health"] = {k: v for k, v in self.health.summary().items() if k.endswith("_rate")}
+        snap["lag"] = self.verdict_lag()
         if snap["verdicts"] != self.snapshot.get("verdicts") or not self.dashboard.leaderboard:
             self.dashboard.set_leaderboard(snap["rows"])  # history grows only when ratings can have moved
         self.dashboard.set_health(snap["health"])
         self.snapshot = snap
         return snap
+
+    def verdict_lag(self) -> int | None:
+        """Verdicts written to this worker's partitions but not applied yet (end offset - applied offset)."""
+        try:
+            consumer = self.app.consumer
+            topic = self.cfg.topic("verdicts")
+            lag = 0
+            for tp in consumer.assignment():
+                if tp.topic == topic:
+                    st = self.ratings.data.get(f"p:{tp.partition}") or S.empty_partition_state()
+                    lag += max(0, consumer.highwater(tp) - (st["offset"] + 1))
+            return lag
+        except Exception:  # noqa: BLE001 - not started or rebalancing: no figure rather than a wrong one
+            return None
 
     @staticmethod
     def pair_counts(states, split: str):

@@ -96,8 +96,15 @@ def test_dashboard_on_the_stream_worker(cfg, worker_for, tmp_path):
             from playwright.sync_api import sync_playwright
         except ImportError:
             browser = None
+    def lag_drains():  # the worker reports its verdict lag (end offset - applied), 0 once all are applied
+        t = time.monotonic()
+        while _get_json(base + "/leaderboard").get("lag") != 0:
+            assert time.monotonic() - t < 15, _get_json(base + "/leaderboard").get("lag")
+            time.sleep(0.1)
+
     if not browser:
         publish(*vs, ckpt)
+        lag_drains()
         st = wait_state(lambda s: s["verdicts"] == 2 and s["leaderboard"] and s["checkpoints"], "state")
         assert {r["model"] for r in st["leaderboard"]} == {"alpha", "alpha@it1-sft", "beta"}
         assert st["checkpoints"] == [{"model": "alpha", "checkpoint": "it1-sft", "iteration": 1}]
@@ -124,3 +131,4 @@ def test_dashboard_on_the_stream_worker(cfg, worker_for, tmp_path):
             print(f"applied {t0 - t_pub:.2f}s after publish; row shown {took:.2f}s later; screenshot {shot}")
         finally:
             b.close()
+    lag_drains()
