@@ -236,6 +236,16 @@ def _render(rows, title: str):
     return t
 
 
+def _quiet_libraries() -> None:
+    """The demo prints its own progress lines: no per-load / per-map progress bars from the libraries."""
+    import datasets
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+
+
 class Demo:
     def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900,
                  zoo_cache: Path | None = None):
@@ -320,6 +330,8 @@ class Demo:
         from producers import tasks
 
         from .zoo import DEMO, build_zoo
+
+        _quiet_libraries()
 
         plan = self.plan
         self.say(f"zoo of tiny competitors (trained once, then cached): {', '.join(n for n, _ in DEMO.snapshots)}")
