@@ -135,11 +135,11 @@ def _model_judge(jc):
         template = load_template(jc.template)
     except KeyError as exc:
         raise UsageError(f"judge.template: {exc.args[0]}") from None
-    labels = jc.policy == "arena-hard"
-    if labels != ("[[A>>B]]" in template.text):
+    labels = "[[" in template.text  # the template asks for a verdict label rather than two scores
+    if (jc.policy == "arena-hard" and not labels) or (jc.policy == "score-sum" and labels):
         raise UsageError(f"judge.policy {jc.policy!r} and judge.template {jc.template!r} do not match: "
-                         "arena-hard reads [[A>>B]] labels (template pairwise-labels); score-sum and fastchat "
-                         "read two scores (e.g. wizardarena-dual-score)")
+                         "arena-hard reads [[A>>B]] labels (template pairwise-labels), score-sum reads two "
+                         "scores (e.g. wizardarena-dual-score); fastchat reads either (e.g. pairwise-abc)")
     try:
         backend = create_backend(jc)
     except BackendError as exc:

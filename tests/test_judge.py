@@ -275,3 +275,26 @@ def test_judge_config_mismatch_is_one_line(cfg):
     cfg.judge.template = "nope"
     with pytest.raises(UsageError, match="unknown judge template"):
         JudgePool(cfg)
+
+
+def test_mt_bench_labels_with_the_fastchat_policy_and_health():
+    from consumers.judging.model import ModelJudge
+    from consumers.judging.policies import fastchat, parse_preference
+    from consumers.judging.templates import load_template
+
+    assert [parse_preference(t) for t in ("... [[A]]", "[[B]]", "so [[C]]", "[[D]]")] == ["A>B", "B>A", "A=B", None]
+    b = _battle("It is 41", "The answer is 42", "42")
+    # b is better in both games: shown second in "ab" ([[B]]), shown first in "ba" ([[A]])
+    mj = ModelJudge(_Scripted(["B is right. [[B]]", "[[A]]"]), load_template("pairwise-abc"), labels=True)
+    games = mj.games([b])[0]
+    assert fastchat(games) == ("model_b", None, None, 1.0)
+    # position bias: the first shown wins both games -> the games disagree on the battle's winner: a tie
+    flip = [Game(order="ab", raw="[[A]]"), Game(order="ba", raw="[[A]]")]
+    assert fastchat(flip)[0] == "tie"
+    # health reads label games too (arena-hard verdicts carry no scores)
+    h = JudgeHealth()
+    w, sa, sb, m = fastchat(flip)
+    h.add(Verdict(battle_id="b", instruction_id="i", competitor_a="x", competitor_b="y", model_a="x", model_b="y",
+                  games=flip, winner=w, margin=m, policy="fastchat", judge=JudgeInfo(backend="openai")))
+    s = h.summary()
+    assert s["position_flip_rate"] == 1.0 and s["first_position_win_rate"] == 1.0

@@ -25,7 +25,7 @@ class JudgeHealth:
         self.flips += bool(position_flip(v.games))
         for g in v.games:
             w = _game_winner(g)
-            if w != "tie":
+            if w not in (None, "tie"):
                 self.decided_games += 1
                 shown_first = "model_a" if g.order == "ab" else "model_b"
                 self.first_position_wins += w == shown_first

@@ -10,15 +10,49 @@ from arena_flywheel.events import Game
 Outcome = tuple[str, float | None, float | None, float]
 
 
+_PREF_POINTS = {"A>>B": 3, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -3}
+_LABEL = __import__("re").compile(r"\[\[([AB](?:>>|>|=)[AB]|[ABC])\]\]")
+_MT_BENCH = {"A": "A>B", "B": "B>A", "C": "A=B"}  # MT-bench pairwise verdicts [[A]] / [[B]] / [[C]] (tie)
+
+
+def parse_preference(raw: str) -> str | None:
+    """The last verdict label in judge text: arena-hard "[[A>>B]]" style, or MT-bench "[[A]]"/"[[B]]"/"[[C]]"
+    (read as A>B / B>A / A=B). A = the answer shown first."""
+    labels = _LABEL.findall(raw or "")
+    if not labels:
+        return None
+    label = _MT_BENCH.get(labels[-1], labels[-1])
+    return label if label in _PREF_POINTS else None
+
+
+def _has_scores(g: Game) -> bool:
+    return g.score_a is not None and g.score_b is not None
+
+
+def _game_winner(g: Game) -> str | None:
+    """The battle side that won one game (model_a / model_b / tie), from its scores or else its label;
+    None when the game decided nothing (unparsed)."""
+    if _has_scores(g):
+        return "model_a" if g.score_a > g.score_b else "model_b" if g.score_b > g.score_a else "tie"
+    label = g.preference or parse_preference(g.raw)
+    if label is None:
+        return None
+    points = _PREF_POINTS[label]
+    if points == 0:
+        return "tie"
+    shown_first, shown_second = ("model_a", "model_b") if g.order == "ab" else ("model_b", "model_a")
+    return shown_first if points > 0 else shown_second
+
+
 def _valid(games: list[Game]) -> list[Game] | None:
-    if len(games) != 2 or any(g.score_a is None or g.score_b is None for g in games):
+    if len(games) != 2 or any(_game_winner(g) is None for g in games):
         return None  # never a silent tie: an unparsed game makes the battle "invalid"
     return games
 
 
 def score_sum(games: list[Game], tie_margin: float = 0.0) -> Outcome:
     """WizardArena: average each answer's 1-10 score over both games; tie when |diff| < tie_margin or equal."""
-    if _valid(games) is None:
+    if len(games) != 2 or not all(_has_scores(g) for g in games):
         return "invalid", None, None, 0.0
     a = sum(g.score_a for g in games) / 2
     b = sum(g.score_b for g in games) / 2
@@ -28,19 +62,19 @@ def score_sum(games: list[Game], tie_margin: float = 0.0) -> Outcome:
     return ("model_a" if diff > 0 else "model_b"), a, b, abs(diff)
 
 
-def _game_winner(g: Game) -> str:
-    return "model_a" if g.score_a > g.score_b else "model_b" if g.score_b > g.score_a else "tie"
-
-
 def fastchat(games: list[Game], tie_margin: float = 0.0) -> Outcome:
-    """MT-bench / FastChat: a win only when both games name the same winner; disagreement -> tie."""
+    """MT-bench / FastChat: a win only when both games name the same winner; disagreement -> tie.
+    Games judged with scores keep the averaged scores and their difference as the margin; games judged
+    with labels (MT-bench [[A]]/[[B]]/[[C]]) have no scores, and a win has margin 1."""
     if _valid(games) is None:
         return "invalid", None, None, 0.0
     w1, w2 = (_game_winner(g) for g in games)
-    a = sum(g.score_a for g in games) / 2
-    b = sum(g.score_b for g in games) / 2
     winner = w1 if w1 == w2 else "tie"
-    return winner, a, b, abs(a - b) if winner != "tie" else 0.0
+    if all(_has_scores(g) for g in games):
+        a = sum(g.score_a for g in games) / 2
+        b = sum(g.score_b for g in games) / 2
+        return winner, a, b, abs(a - b) if winner != "tie" else 0.0
+    return winner, None, None, 1.0 if winner != "tie" else 0.0
 
 
 POLICIES = {"score-sum": score_sum, "fastchat": fastchat}
@@ -51,16 +85,6 @@ def position_flip(games: list[Game]) -> bool | None:
     if _valid(games) is None:
         return None
     return _game_winner(games[0]) != _game_winner(games[1])
-
-
-_PREF_POINTS = {"A>>B": 3, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -3}
-_LABEL = __import__("re").compile(r"\[\[([AB](?:>>|>|=)[AB])\]\]")
-
-
-def parse_preference(raw: str) -> str | None:
-    """The last "[[A>>B]]"-style label in arena-hard judge text (A = the answer shown first)."""
-    labels = _LABEL.findall(raw or "")
-    return labels[-1] if labels and labels[-1] in _PREF_POINTS else None
 
 
 def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:
