@@ -67,9 +67,8 @@ class Event(BaseModel):
 
     @model_validator(mode="after")
     def _fill_id(self):
-        expected = self.compute_id()
-        if not self.id:
-            self.id = expected
+        if not self.id:  # a given id is checked against the content once, in validate()
+            self.id = self.compute_id()
         return self
 
     def compute_id(self) -> str:
@@ -377,6 +376,8 @@ def validate(cls: type[Event], data: dict[str, Any]) -> Event:
         loc = ".".join(str(p) for p in e["loc"]) or "<root>"
         more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
         raise BadEvent(f"{cls.SCHEMA}: field {loc}: {e['msg']}{more}") from None
-    if data.get("id") and data["id"] != event.compute_id():
-        raise BadEvent(f"{cls.SCHEMA}: id {data['id']!r} does not match its content (expected {event.compute_id()!r})")
+    if data.get("id"):
+        expected = event.compute_id()
+        if data["id"] != expected:
+            raise BadEvent(f"{cls.SCHEMA}: id {data['id']!r} does not match its content (expected {expected!r})")
     return event
