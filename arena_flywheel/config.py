@@ -119,6 +119,9 @@ class TrainerConfig(Section):
     stages: list[Literal["sft", "dpo", "reward", "rl"]] = ["sft"]
     threshold_schedule: list[float] = Field(default_factory=lambda: [3.0, 2.0, 1.0])
     batch_size: int = Field(64, ge=1, description="failures that close a training round")
+    accumulate: bool = Field(False, description="train each iteration on its own selection plus the failures "
+                             "selected in earlier iterations (latest record per instruction): steadier gains "
+                             "from small rounds, more training time per round")
     learning_rate: float = Field(5e-5, gt=0)
     epochs: float = Field(1.0, gt=0)
     per_device_batch_size: int = Field(8, ge=1)

@@ -41,7 +41,8 @@ def test_demo_fast_improves_the_target(tmp_path):
     # Every stage produced events.
     for kind in ("instruction", "response", "battle", "verdict", "failure", "checkpoint"):
         assert s["events"].get(kind, 0) > 0, (kind, s["events"])
-    assert all(s["failures_used"][str(i)] > 0 for i in (1, 2, 3)), s["failures_used"]
+    assert all(s["failures_selected"][str(i)] > 0 for i in (1, 2, 3)), s["failures_selected"]
+    assert all(s["failures_used"][str(i)] >= s["failures_selected"][str(i)] for i in (1, 2, 3)), s
     # The report the demo points to exists: tables and real PNGs.
     report = Path(s["report"])
     assert "| rank | model |" in (report / "leaderboard.md").read_text()

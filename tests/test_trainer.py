@@ -394,3 +394,14 @@ def test_sft_learns_the_winning_answers_multi_turn_included(cfg, tmp_path, tiny_
     res = train_iteration(c, model_path=str(tiny_model), failures=fs, iteration=1, target="target")
     before, after = answer_nll(str(tiny_model)), answer_nll(res.checkpoints[0].path)
     assert after < 0.5 * before, (before, after)
+
+
+def test_accumulate_keeps_earlier_rounds_and_the_newest_record():
+    from trainer.select import with_earlier
+
+    used: dict = {}
+    r1 = with_earlier([failure(1), failure(2)], used)
+    assert {f.instruction_id for f in r1} == {failure(1).instruction_id, failure(2).instruction_id}
+    newer = failure(2, margin=5.0, target_ckpt="it1-sft")
+    r2 = with_earlier([newer, failure(3, target_ckpt="it1-sft")], used)
+    assert len(r2) == 3 and newer in r2 and failure(2) not in r2  # one record per instruction, newest wins

@@ -42,6 +42,13 @@ def _order_key(f: Failure) -> str:
     return f.id
 
 
+def with_earlier(chosen: list[Failure], earlier: dict[str, Failure]) -> list[Failure]:
+    """trainer.accumulate: this round's selection plus earlier rounds' (one record per instruction, this
+    round's winning); `earlier` is updated in place to include this round."""
+    earlier.update({f.instruction_id: f for f in chosen})
+    return list(earlier.values())
+
+
 def select(failures: list[Failure], method: str = "pair-judge", budget: int | None = None,
            threshold: float = 0.0, seed: int = 0, **kw) -> list[Failure]:
     """Return up to `budget` failures chosen by `method` (all qualifying ones when budget is None)."""

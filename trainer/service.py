@@ -28,7 +28,7 @@ from arena_flywheel.config import Config
 from arena_flywheel.events import BadEvent, Checkpoint, Failure, decode
 from arena_flywheel.kafka import Publisher, make_consumer
 
-from .select import select
+from .select import select, with_earlier
 from .train import IterationResult, train_iteration
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TargetState:
     path: str | None = None
     iteration: int = 0  # last trained iteration
     failures: dict[str, Failure] = field(default_factory=dict)  # instruction id -> latest failure
+    used: dict[str, Failure] = field(default_factory=dict)  # trainer.accumulate: earlier rounds' selections
 
     def current(self) -> list[Failure]:
         return [f for f in self.failures.values() if f.target_checkpoint == self.checkpoint]
@@ -155,6 +156,8 @@ class TrainerService:
             raise ValueError(f"{target}: no model path: add it to [[competitors]] (name = {target!r}, model = DIR)")
         log.info("%s: closing iteration %d with %d failures of %s (threshold %g)", target, n, len(chosen),
                  st.checkpoint, threshold_for(self.cfg, n))
+        if self.cfg.trainer.accumulate:
+            chosen = with_earlier(chosen, st.used)
         res = train_iteration(self.cfg, model_path=st.path, failures=chosen, iteration=n, target=target,
                               parent=st.checkpoint, publisher=self._pub)
         if res.checkpoints:
