@@ -20,6 +20,7 @@ import csv
 import io
 import json
 import logging
+import sqlite3
 import signal
 import sys
 import threading
@@ -187,9 +188,18 @@ def _sqlite_pragmas(dbapi_conn, _record):
     cur = dbapi_conn.cursor()
     # WAL lets readers (watch, export, the demo) read while the ledger writes, across processes;
     # busy_timeout makes a second writer wait instead of failing with "database is locked".
-    # busy_timeout first: switching to WAL takes a lock, and another process may hold one right now.
     cur.execute("PRAGMA busy_timeout=30000")
-    cur.execute("PRAGMA journal_mode=WAL")
+    # WAL is a property of the file: set once. Switching needs an exclusive lock, and SQLite answers
+    # "locked" at once (no busy wait) when another connection is creating the tables right then, so retry.
+    for attempt in range(50):
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 49:
+                raise
+            time.sleep(0.1)
     cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; a power cut replays from Kafka offsets
     cur.close()
 
