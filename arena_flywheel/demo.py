@@ -348,6 +348,7 @@ class Demo:
         for f in (db_file, db_file.with_name(db_file.name + "-wal"), db_file.with_name(db_file.name + "-shm")):
             f.unlink(missing_ok=True)  # the embedded broker starts empty; so does the demo's ledger
         shutil.rmtree(cfg.trainer.output_dir, ignore_errors=True)
+        shutil.rmtree(self.data_dir / "faust", ignore_errors=True)  # Faust state of a broker that is gone
 
         eval_set = list(tasks.generate(plan.eval_size, seed=1, split="eval"))
         exclude = {i.messages[0].content for i in eval_set}
