@@ -183,26 +183,15 @@ def hard(pool: list[dict], n: int, backend, template, *, max_new_tokens: int = 2
          ) -> tuple[list[dict], int]:
     """The n hardest prompts by judge-scored difficulty (ties: pool order), each with `_difficulty` and
     `_explanation`; and how many prompts got no parseable score after the retries (left out, counted)."""
-    from consumers.backends.base import GenerationRequest
+    from consumers.judging.model import ask
 
-    scores: dict[int, tuple[float, str]] = {}
-    pending = list(range(len(pool)))
-    for attempt in range(1, retries + 2):
-        reqs = [GenerationRequest(messages=[{"role": "user", "content": template.text.format(
-            question=prompt_text(pool[i]))}], max_new_tokens=max_new_tokens, temperature=0.0, seed=attempt,
-            request_id=str(pool[i].get("_source", i))) for i in pending]
-        again = []
-        for i, c in zip(pending, backend.generate(reqs)):
-            d = None if c.error else parse_difficulty(c.text)
-            if d is None:
-                again.append(i)
-            else:
-                scores[i] = (d, c.text)
-        pending = again
-        if not pending:
-            break
-    ranked = sorted(scores, key=lambda i: (-scores[i][0], i))[:n]
-    return [{**pool[i], "_difficulty": scores[i][0], "_explanation": scores[i][1]} for i in ranked], len(pending)
+    prompts = {i: template.text.format(question=prompt_text(f)) for i, f in enumerate(pool)}
+    answers = ask(backend, prompts, parse_difficulty, retries=retries, max_new_tokens=max_new_tokens,
+                  temperature=0.0, request_id=lambda i: str(pool[i].get("_source", i)))
+    scored = [i for i, a in answers.items() if a.value is not None]
+    ranked = sorted(scored, key=lambda i: (-answers[i].value, i))[:n]
+    return ([{**pool[i], "_difficulty": answers[i].value, "_explanation": answers[i].text} for i in ranked],
+            len(pool) - len(scored))
 
 
 def add_arguments(parser) -> None:

@@ -7,7 +7,8 @@ with its raw text: never a silent tie.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Hashable
 
 from arena_flywheel.events import Battle, Game
 from consumers.backends.base import Backend, GenerationRequest
@@ -27,6 +28,37 @@ def conversation(battle: Battle, answers: list[str]) -> tuple[str, str]:
     return q, a
 
 
+@dataclass
+class Answer:
+    value: Any  # what `parse` made of the text; None when it never parsed
+    text: str  # the last text the backend gave
+    attempts: int
+    error: str | None = None  # the backend's error on the last attempt
+
+
+def ask(backend: Backend, prompts: dict[Hashable, str], parse: Callable[[str], Any], *, retries: int,
+        max_new_tokens: int, temperature: float, request_id: Callable[[Hashable], str] = str) -> dict:
+    """Send every prompt (one user turn) to the backend, all pending ones in one generate() call per
+    attempt. Text that does not parse is asked again with a new seed, up to `retries` more times; a
+    backend error that cannot be retried stops at once. Returns {key: Answer}."""
+    out: dict[Hashable, Answer] = {}
+    pending, last_attempt = list(prompts), retries + 1
+    for attempt in range(1, last_attempt + 1):
+        reqs = [GenerationRequest(messages=[{"role": "user", "content": prompts[k]}], max_new_tokens=max_new_tokens,
+                                  temperature=temperature, seed=attempt, request_id=request_id(k)) for k in pending]
+        again = []
+        for k, c in zip(pending, backend.generate(reqs)):
+            value = None if c.error else parse(c.text)
+            if value is not None or attempt == last_attempt or (c.error and not c.retryable):
+                out[k] = Answer(value, c.text or "", attempt, c.error)
+            else:
+                again.append(k)
+        pending = again
+        if not pending:
+            break
+    return out
+
+
 class ModelJudge:
     def __init__(self, backend: Backend, template: Template, *, labels: bool = False, max_new_tokens: int = 512,
                  temperature: float = 0.0, max_parse_retries: int = 2):
@@ -44,41 +76,25 @@ class ModelJudge:
         refs = battle.references or ([battle.reference] if battle.reference else [])
         return self.template.render(q, first, second, reference=refs[0] if refs else "")
 
-    def _game(self, order: str, raw: str, attempts: int) -> Game | None:
-        """A parsed game (scores mapped back to a and b), or None when the text does not parse."""
+    def _parse(self, raw: str):
+        """A label ("A>B"...) or the two scores in the order shown; None when the text does not parse."""
+        return parse_preference(raw) if self.labels else parse_scores(raw)
+
+    def _game(self, order: str, ans: Answer) -> Game:
+        if ans.value is None:
+            err = f"judge backend failed: {ans.error}" if ans.error else "unparseable judge output"
+            return Game(order=order, raw=ans.text, attempts=ans.attempts, error=err)
         if self.labels:
-            label = parse_preference(raw)
-            return None if label is None else Game(order=order, raw=raw, preference=label, attempts=attempts)
-        s = parse_scores(raw)
-        if s is None:
-            return None
-        sa, sb = s if order == "ab" else s[::-1]
-        return Game(order=order, raw=raw, score_a=sa, score_b=sb, attempts=attempts)
+            return Game(order=order, raw=ans.text, preference=ans.value, attempts=ans.attempts)
+        sa, sb = ans.value if order == "ab" else ans.value[::-1]  # scores mapped back to a and b
+        return Game(order=order, raw=ans.text, score_a=sa, score_b=sb, attempts=ans.attempts)
 
     def games(self, battles: list[Battle]) -> list[list[Game]]:
-        keys = [(i, order) for i in range(len(battles)) for order in ("ab", "ba")]
-        prompts = {k: self._prompt(battles[k[0]], k[1]) for k in keys}
-        done: dict[tuple[int, str], Game] = {}
-        pending, last_attempt = keys, self.max_parse_retries + 1
-        for attempt in range(1, last_attempt + 1):
-            reqs = [GenerationRequest(messages=[{"role": "user", "content": prompts[k]}],
-                                      max_new_tokens=self.max_new_tokens, temperature=self.temperature,
-                                      seed=attempt, request_id=f"{battles[k[0]].id}:{k[1]}")
-                    for k in pending]
-            again = []
-            for k, c in zip(pending, self.backend.generate(reqs)):
-                g = None if c.error else self._game(k[1], c.text, attempt)
-                if g is not None:
-                    done[k] = g
-                elif attempt == last_attempt or (c.error and not c.retryable):
-                    err = f"judge backend failed: {c.error}" if c.error else "unparseable judge output"
-                    done[k] = Game(order=k[1], raw=c.text or "", attempts=attempt, error=err)
-                else:
-                    again.append(k)
-            pending = again
-            if not pending:
-                break
-        return [[done[(i, "ab")], done[(i, "ba")]] for i in range(len(battles))]
+        prompts = {(i, order): self._prompt(b, order) for i, b in enumerate(battles) for order in ("ab", "ba")}
+        answers = ask(self.backend, prompts, self._parse, retries=self.max_parse_retries,
+                      max_new_tokens=self.max_new_tokens, temperature=self.temperature,
+                      request_id=lambda k: f"{battles[k[0]].id}:{k[1]}")
+        return [[self._game(order, answers[(i, order)]) for order in ("ab", "ba")] for i in range(len(battles))]
 
     def close(self) -> None:
         close: Callable | None = getattr(self.backend, "close", None)
