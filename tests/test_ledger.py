@@ -129,14 +129,20 @@ def test_offsets_are_committed_after_the_write(cfg):
     assert LedgerStore(cfg.db.url).count("instruction") == 2
 
 
-def test_failures_latest_wins(tmp_path):
-    store = LedgerStore(f"sqlite:///{tmp_path / 'l.db'}")
+def two_failures_of_one_instruction():
+    """An older and a newer Failure record of one instruction (the newer has two losses), and their base."""
     ins = Instruction(messages=[{"role": "user", "content": "Name a prime."}])
     base = dict(instruction_id=ins.id, target="t", messages=ins.messages, target_answers=["4"], judge=JUDGE)
     f1 = Failure(**base, winner_model="a", winner_answers=["9"], margin=2, verdict_ids=["v1"], losses=1,
                  created_at=100.0)
     f2 = Failure(**base, winner_model="b", winner_answers=["7"], margin=8, verdict_ids=["v1", "v2"], losses=2,
                  created_at=200.0)
+    return ins, base, f1, f2
+
+
+def test_failures_latest_wins(tmp_path):
+    store = LedgerStore(f"sqlite:///{tmp_path / 'l.db'}")
+    ins, base, f1, f2 = two_failures_of_one_instruction()
     other_ckpt = Failure(**{**base, "target_answers": ["6"]}, target_checkpoint="c1", winner_model="a",
                          winner_answers=["5"], margin=3, verdict_ids=["v9"], created_at=150.0)
     ins2 = Instruction(messages=[{"role": "user", "content": "Name an even prime."}])

@@ -61,16 +61,10 @@ def test_duplicates_are_ignored(pg_url):
 
 
 def test_failures_latest_wins(pg_url):
-    from arena_flywheel.events import Failure, Instruction
     from consumers.ledger import LedgerStore
-    from tests.test_ledger import JUDGE
+    from tests.test_ledger import two_failures_of_one_instruction
 
-    ins = Instruction(messages=[{"role": "user", "content": "Name a prime."}])
-    base = dict(instruction_id=ins.id, target="t", messages=ins.messages, target_answers=["4"], judge=JUDGE)
-    f1 = Failure(**base, winner_model="a", winner_answers=["9"], margin=2, verdict_ids=["v1"], losses=1,
-                 created_at=100.0)
-    f2 = Failure(**base, winner_model="b", winner_answers=["7"], margin=8, verdict_ids=["v1", "v2"], losses=2,
-                 created_at=200.0)
+    _, _, f1, f2 = two_failures_of_one_instruction()
     with LedgerStore(pg_url) as store:
         assert store.write([f2, f1]) == 2
         latest = store.failures(target="t")
