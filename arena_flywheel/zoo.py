@@ -76,12 +76,12 @@ def build_zoo(root: str | Path | None = None, recipe: ZooRecipe = DEMO, progress
             scratch = root / f".{recipe.key}.building"
             shutil.rmtree(scratch, ignore_errors=True)
             _train(scratch, recipe, progress)
+            paths = zoo_paths(root, recipe)  # where the models are once renamed into place
+            (scratch / "zoo.json").write_text(json.dumps(
+                {"recipe": asdict(recipe), "models": {k: str(v) for k, v in paths.items()}}))
             shutil.rmtree(root / recipe.key, ignore_errors=True)
-            scratch.rename(root / recipe.key)
-    paths = zoo_paths(root, recipe)
-    (root / recipe.key / "zoo.json").write_text(json.dumps(
-        {"recipe": asdict(recipe), "models": {k: str(v) for k, v in paths.items()}}))
-    return paths
+            scratch.rename(root / recipe.key)  # the marker arrives with the models, in one rename
+    return zoo_paths(root, recipe)
 
 
 def _train(work: Path, recipe: ZooRecipe, progress) -> None:
@@ -119,8 +119,10 @@ def _train(work: Path, recipe: ZooRecipe, progress) -> None:
                      use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=50, max_length=64,
                      seed=recipe.seed, disable_tqdm=True, dataloader_num_workers=0,
                      bf16=_cuda())  # TRL defaults to bf16 autocast, ~6x slower on CPUs without bf16 units
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
-                         callbacks=[Snapshot()])
+    from trainer.train import quiet
+
+    trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
+                               callbacks=[Snapshot()]))
     trainer.train()
     shutil.rmtree(work / "trainer", ignore_errors=True)
 

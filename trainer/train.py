@@ -66,7 +66,7 @@ def _stage_args(config_cls, cfg: Config, stage: str, out: Path, n_rows: int, **s
                          f"e.g. num_train_epochs = 2)") from None
 
 
-def _quiet(trainer):
+def quiet(trainer):
     """Losses go to the ledger and the returned metrics; the per-step dict printer is only noise."""
     from transformers.trainer_callback import PrinterCallback
 
@@ -125,7 +125,7 @@ def run_sft(cfg, start: str, rows, out: Path, tok):
 
     turns = completion_rows(rows)
     args = _stage_args(SFTConfig, cfg, "sft", out, len(turns), max_length=MAX_LENGTH)
-    trainer = _quiet(SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
+    trainer = quiet(SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
                                 train_dataset=Dataset.from_list(turns)))
     res = trainer.train()
     _save(trainer.model, tok, out)
@@ -152,7 +152,7 @@ def run_dpo(cfg, start: str, rows, out: Path, tok):
     args = _stage_args(DPOConfig, cfg, "dpo", out, len(rows), max_length=MAX_LENGTH, beta=0.1)
     # reference = the stage's starting model (the paper's DPO starts from the SFT model); with LoRA
     # TRL uses the policy with its adapter disabled.
-    trainer = _quiet(DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
+    trainer = quiet(DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
                                 train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
     _save(trainer.model, tok, out)
@@ -173,7 +173,7 @@ def run_reward(cfg, start: str, rows, out: Path, tok):
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     args = _stage_args(RewardConfig, cfg, "reward", out, len(rows), max_length=MAX_LENGTH)
-    trainer = _quiet(RewardTrainer(model=model, args=args, processing_class=tok,
+    trainer = quiet(RewardTrainer(model=model, args=args, processing_class=tok,
                                    train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
     _save(trainer.model, tok, out)
@@ -198,7 +198,7 @@ def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str | None):
                        num_generations=n_gen, max_completion_length=MAX_COMPLETION_LENGTH, beta=0.0)
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1)
     reward_model.config.pad_token_id = tok.pad_token_id
-    trainer = _quiet(RLTrainer(model=_load_policy(cfg, start), reward_funcs=reward_model, args=args,
+    trainer = quiet(RLTrainer(model=_load_policy(cfg, start), reward_funcs=reward_model, args=args,
                                processing_class=tok, reward_processing_classes=tok,
                                train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",)))))
     res = trainer.train()
