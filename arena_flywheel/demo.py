@@ -202,14 +202,10 @@ class LedgerView:
                    if r.model == model and r.checkpoint == checkpoint)
 
     def leaderboard(self, split: str = "eval") -> list:
-        from streams.engine import PairCounts, leaderboard, ratings_from_config
+        from streams.engine import leaderboard_from_battles
 
-        counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split))
-        if not counts.models:
-            return []
-        kw = ratings_from_config(self.cfg.ratings)
-        kw["seed"] = 0
-        return leaderboard(counts, ci="bootstrap", **kw)
+        return leaderboard_from_battles(((v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split)),
+                                        self.cfg.ratings)
 
     def row(self, competitor: str) -> dict:
         for r in self.leaderboard():
@@ -228,17 +224,14 @@ class LedgerView:
         self.store.close()
 
 
-def _render(rows, title: str):
-    from rich.table import Table
+def _live_view(cfg: Config, title: str):
+    """The `arena watch` table over the demo's ledger, under a line saying what the demo waits for."""
+    from rich.console import Group
+    from rich.text import Text
 
-    t = Table(title=title, title_justify="left")
-    for col, just in (("rank", "right"), ("competitor", "left"), ("rating", "right"), ("95% CI", "right"),
-                      ("battles", "right"), ("win rate", "right")):
-        t.add_column(col, justify=just)
-    for r in rows:
-        t.add_row(str(r.rank), r.model, f"{r.rating:.0f}", f"{r.lower:.0f} .. {r.upper:.0f}", str(r.battles),
-                  f"{r.win_rate:.0%}")
-    return t
+    from streams.watch import from_ledger, render
+
+    return Group(Text(title), render(from_ledger(cfg)))
 
 
 def _quiet_libraries() -> None:
@@ -322,7 +315,7 @@ class Demo:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"timed out after {self.timeout:.0f}s waiting for {what} ({progress})")
                 if live is not None:
-                    live.update(_render(view.leaderboard(), f"live Elo (eval split) - waiting for {what}: {progress}"))
+                    live.update(_live_view(view.cfg, f"live ratings (eval split) - waiting for {what}: {progress}"))
                 elif time.monotonic() - last > 10:
                     self.say(f"waiting for {what}: {progress}")
                     last = time.monotonic()

@@ -241,8 +241,8 @@ class Stream:
             batch_ids.append(v.id)
             batch_set.add(v.id)
             self.health.add(v)
-            self.dashboard.add_verdict({"id": v.id, "model_a": v.competitor_a, "model_b": v.competitor_b,
-                                        "winner": v.winner})
+            # no id: the processed-id check above already dropped redeliveries; the page keeps no second id set
+            self.dashboard.add_verdict({"model_a": v.competitor_a, "model_b": v.competitor_b, "winner": v.winner})
             created.append(v.created_at)
             st["applied"] += 1
             S.count(st["counts"][v.split], v.competitor_a, v.competitor_b, v.winner)
@@ -352,7 +352,7 @@ class Stream:
             rows = E.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm, **E.ratings_from_config(r))
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]
-        snap["health"] = {k: v for k, v in self.health.summary().items() if k.endswith("_rate")}
+        snap["health"] = self.health.rates()
         snap["lag"] = self.verdict_lag()
         if snap["verdicts"] != self.snapshot.get("verdicts") or not self.dashboard.leaderboard:
             self.dashboard.set_leaderboard(snap["rows"])  # history grows only when ratings can have moved

@@ -497,6 +497,12 @@ def ratings_from_config(cfg_ratings) -> dict[str, Any]:
             "anchor": anchor, "anchor_rating": r.anchor_rating if anchor else None}
 
 
+def leaderboard_from_battles(rows: Iterable[tuple[str, str, str]], cfg_ratings, **overrides) -> list[Row]:
+    """The configured leaderboard (cfg.ratings; bootstrap CIs) of (model_a, model_b, winner) rows, e.g.
+    the ledger's verdicts: what the demo, `arena watch`, `arena report` and `arena iterations` show."""
+    return leaderboard(PairCounts.from_battles(rows), **{**ratings_from_config(cfg_ratings), **overrides})
+
+
 # ------------------------------------------------------------------------------------------ style control
 
 def fit_bt_style(model_a, model_b, winner, style_a, style_b, *, scale: float = 400.0, base: float = 10.0,

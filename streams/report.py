@@ -13,7 +13,7 @@ COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties
 def _rows(cfg: Config, split: str):
     from consumers.ledger import LedgerStore
 
-    from .engine import PairCounts, leaderboard, ratings_from_config
+    from .engine import leaderboard_from_battles
 
     store = LedgerStore(cfg.db.url)
     try:
@@ -21,10 +21,8 @@ def _rows(cfg: Config, split: str):
         checkpoints = store.events("checkpoint")
     finally:
         store.close()
-    counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
-    if not counts.models:
-        return [], checkpoints
-    return leaderboard(counts, ci="bootstrap", **ratings_from_config(cfg.ratings)), checkpoints
+    rows = leaderboard_from_battles(((v.competitor_a, v.competitor_b, v.winner) for v in verdicts), cfg.ratings)
+    return rows, checkpoints
 
 
 def write_tables(rows, out: Path) -> None:

@@ -28,7 +28,7 @@ class Snapshot:
 def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
     from consumers.ledger import LedgerStore
 
-    from .engine import PairCounts, leaderboard, ratings_from_config
+    from .engine import leaderboard_from_battles
 
     store = LedgerStore(cfg.db.url)
     try:
@@ -38,11 +38,8 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
                    for b in store.events("battle", split=split)}
     finally:
         store.close()
-    counts = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
-    rows = []
-    if counts.models:
-        kw = ratings_from_config(cfg.ratings)
-        rows = [r.__dict__ for r in leaderboard(counts, ci="bootstrap", **kw)]
+    rows = [r.__dict__ for r in leaderboard_from_battles(
+        ((v.competitor_a, v.competitor_b, v.winner) for v in verdicts), cfg.ratings)]
     return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts, lengths), source=cfg.db.url)
 
 
@@ -53,7 +50,7 @@ def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) ->
     h = JudgeHealth()
     for v in verdicts:
         h.add(v, *(lengths or {}).get(v.battle_id, (None, None)))
-    return {k: v for k, v in h.summary().items() if k.endswith("_rate")}
+    return h.rates()
 
 
 def from_url(url: str, timeout: float = 2.0) -> Snapshot:

@@ -306,16 +306,11 @@ def iteration_rows(cfg: Config, checkpoints: list[Checkpoint], split: str = "eva
     and a note saying where ratings came from or why there are none."""
     ratings, note = {}, ""
     try:
-        from streams.engine import PairCounts, leaderboard
+        from streams.engine import leaderboard_from_battles
         from streams.leaderboard_cmd import ledger_verdicts
 
         triples = ledger_verdicts(cfg.db.url, split)
-        counts = PairCounts()
-        for a, b, w in triples:
-            counts.add(a, b, w)
-        from streams.engine import ratings_from_config
-
-        ratings = {r.model: r for r in leaderboard(counts, **ratings_from_config(cfg.ratings))}
+        ratings = {r.model: r for r in leaderboard_from_battles(triples, cfg.ratings)}
         note = f"ratings: BT over {len(triples)} {split} verdicts in {cfg.db.url}"
     except ImportError as exc:
         note = f"no ratings: {exc.name or exc} is not installed"

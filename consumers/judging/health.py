@@ -33,6 +33,10 @@ class JudgeHealth:
             self.decided_verdicts += 1
             self.longer_wins += (v.winner == "model_a") == (len_a > len_b)
 
+    def rates(self) -> dict[str, float]:
+        """The summary without the count: what the dashboard and `arena watch` show."""
+        return {k: v for k, v in self.summary().items() if k.endswith("_rate")}
+
     def summary(self) -> dict[str, float | int]:
         def rate(n, d):
             return round(n / d, 4) if d else 0.0
