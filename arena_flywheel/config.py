@@ -82,7 +82,15 @@ class CompetitorConfig(Section):
 
 class JudgeConfig(Section):
     backend: Literal["reference", "transformers", "vllm", "openai", "replay"] = "reference"
-    model: str = ""
+    model: str = Field("", description="judge model (transformers/vllm/openai), or the recorded judgments file "
+                       "or folder (replay: FastChat vicuna-eval reviews or MT-bench pairwise judgments)")
+    recorded_answers: str | None = Field(None, description=(
+        "replay: folder of the answer files the recorded judgments refer to; default: an answer/ or "
+        "model_answer/ folder beside or above the recordings"))
+    games: int = Field(2, ge=1, le=2, description=(
+        "2: every battle judged in both orders (position bias cancelled per battle); 1: one game per battle, "
+        "order picked from the battle id (or the recorded order when replaying single-order recordings), "
+        "so position bias only averages out over many battles"))
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     template: str = "wizardarena-dual-score"

@@ -214,10 +214,12 @@ class JudgeInfo(BaseModel):
     template_id: str = ""
     template_hash: str = ""
     sampling: dict[str, Any] = Field(default_factory=dict)
+    games: int = Field(2, description="games per battle: 2 = both orders, 1 = one order (bias not cancelled)")
 
     @property
     def judge_id(self) -> str:
-        return f"{self.backend}:{self.model}:{self.template_id}:{self.template_hash}"
+        one = ":1-game" if self.games == 1 else ""  # a different protocol is a different judge; 2 keeps old ids
+        return f"{self.backend}:{self.model}:{self.template_id}:{self.template_hash}{one}"
 
 
 Winner = Literal["model_a", "model_b", "tie", "invalid"]

@@ -1,10 +1,12 @@
 """Judge pool: battles in, verdicts out (`arena judge`).
 
-Each battle is judged in two games with positions swapped, aggregated by the configured policy.
+Each battle is judged in two games with positions swapped (or one, `judge.games = 1`), aggregated by the
+configured policy.
 Delivery is at-least-once: verdicts and dead letters are flushed (broker acked) before offsets are
 committed; verdict ids are deterministic (battle, judge, policy) so redelivery is deduplicated downstream.
-Judges: the reference judge (no model; verifiable tasks, the demo) or any generation backend
-(transformers, vLLM, OpenAI-compatible) behind a prompt template, batched per poll (consumers/judging/model.py).
+Judges: the reference judge (no model; verifiable tasks, the demo), any generation backend
+(transformers, vLLM, OpenAI-compatible) behind a prompt template, batched per poll (consumers/judging/model.py),
+or recorded judgments replayed (consumers/judging/replay.py).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from arena_flywheel.events import BadEvent, Battle, JudgeInfo, Verdict, decode
 from arena_flywheel.kafka import Publisher, ensure_topics, make_consumer
 from consumers.judging.health import JudgeHealth
 from consumers.judging.policies import POLICIES
-from consumers.judging.reference import play_two_games, reference_judge
+from consumers.judging.protocol import orders_for, play_games
+from consumers.judging.reference import reference_judge
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,10 @@ class JudgePool:
             if jc.policy == "arena-hard":  # the reference judge states scores, not [[A>>B]] labels
                 raise UsageError("judge policy arena-hard needs a model judge; use score-sum or fastchat with reference")
             self.info = JudgeInfo(backend="reference", model="", template_id="reference-v1",
-                                  template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(), sampling={})
+                                  template_hash=hashlib.sha256(_REFERENCE_RULE.encode()).hexdigest(), sampling={},
+                                  games=jc.games)
+        elif jc.backend == "replay":
+            self.model_judge, self.info = _replay_judge(jc)
         else:
             self.model_judge, self.info = _model_judge(jc)
         self.health = JudgeHealth()
@@ -57,7 +63,8 @@ class JudgePool:
         if self.model_judge is not None:
             all_games = self.model_judge.games(battles)  # one batched backend call for all games
         else:
-            all_games = [play_two_games(b, reference_judge, self.cfg.judge.max_parse_retries) for b in battles]
+            jc = self.cfg.judge
+            all_games = [play_games(b, reference_judge, jc.max_parse_retries, orders_for(b, jc.games)) for b in battles]
         return [self._verdict(b, g) for b, g in zip(battles, all_games)]
 
     def _verdict(self, battle: Battle, games) -> Verdict:
@@ -90,7 +97,8 @@ class JudgePool:
             self.counts["battles"] += 1
             self.counts["verdicts"] += 1
             self.counts["invalid"] += v.winner == "invalid"
-            self.health.add(v, len(battle.a.answers[-1]), len(battle.b.answers[-1]))
+            # the whole conversation's length: multi-turn battles are judged with every turn
+            self.health.add(v, sum(map(len, battle.a.answers)), sum(map(len, battle.b.answers)))
         self._pub.flush()  # acked before the commit: at-least-once
         offsets: dict = {}
         for r in records:
@@ -146,9 +154,34 @@ def _model_judge(jc):
         raise UsageError(f"judge backend {jc.backend!r}: {exc}") from None
     sampling = {"temperature": jc.temperature, "max_new_tokens": jc.max_new_tokens}
     info = JudgeInfo(backend=jc.backend, model=jc.model, template_id=template.id, template_hash=template.sha256,
-                     sampling=sampling)
-    return ModelJudge(backend, template, labels=labels, max_new_tokens=jc.max_new_tokens,
-                      temperature=jc.temperature, max_parse_retries=jc.max_parse_retries), info
+                     sampling=sampling, games=jc.games)
+    return ModelJudge(backend, template, labels=labels, max_new_tokens=jc.max_new_tokens, temperature=jc.temperature,
+                      max_parse_retries=jc.max_parse_retries, games=jc.games), info
+
+
+def _replay_judge(jc):
+    """A ReplayJudge over judge.model's recordings, and the JudgeInfo that names it: the recorded judges
+    as the model, the recordings' content hash as the template hash (other recordings, other judge)."""
+    from arena_flywheel.cli import UsageError
+    from consumers.judging.replay import RecordedJudgments, RecordingError, ReplayJudge
+
+    try:
+        rec = RecordedJudgments(jc.model, jc.recorded_answers)
+    except RecordingError as exc:
+        raise UsageError(f"judge replay: {exc}") from None
+    if jc.policy == "score-sum" and not rec.kinds["scores"]:
+        raise UsageError(f"judge replay: the recordings in {jc.model!r} state verdict labels, not scores; "
+                         "use judge.policy = \"fastchat\" or \"arena-hard\"")
+    if jc.policy == "arena-hard" and not rec.kinds["labels"]:
+        raise UsageError(f"judge replay: the recordings in {jc.model!r} state scores, not [[A>>B]] labels; "
+                         "use judge.policy = \"score-sum\" or \"fastchat\"")
+    judges = sorted(rec.judges)
+    model = "+".join(judges[:3]) + (f"+{len(judges) - 3} more" if len(judges) > 3 else "")
+    log.info("replay judge: %d recorded games from %s (%d unresolved, %d conflicting)", len(rec.games),
+             rec.path, rec.unresolved, rec.conflicts)
+    info = JudgeInfo(backend="replay", model=model, template_id="recorded", template_hash=rec.sha256,
+                     sampling={"recordings": rec.path}, games=jc.games)
+    return ReplayJudge(rec, jc.games), info
 
 
 def add_arguments(p) -> None:

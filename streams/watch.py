@@ -44,7 +44,7 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
 
 
 def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, float]:
-    """Position-flip, first-position-win, longer-answer-win and invalid rates of two-game verdicts."""
+    """The judge health rates (consumers/judging/health.py) of these verdicts."""
     from consumers.judging.health import JudgeHealth
 
     h = JudgeHealth()

@@ -1,4 +1,5 @@
-"""Judge tests. So far: the score parser on the 1,040 real GPT-4 reviews and on hand cases."""
+"""Judge tests: parsing the 1,040 real GPT-4 reviews, the games protocol and policies, health, the pool over
+the real broker with reference, model and replayed judges."""
 import glob
 import json
 
@@ -68,7 +69,8 @@ def test_unparsed_game_is_invalid_never_a_tie():
 
 
 from arena_flywheel.events import Battle, Contestant, Message  # noqa: E402
-from consumers.judging.reference import play_two_games, reference_judge, reference_score  # noqa: E402
+from consumers.judging.protocol import play_games  # noqa: E402
+from consumers.judging.reference import reference_judge, reference_score  # noqa: E402
 
 
 def _battle(a, b, ref):
@@ -93,8 +95,8 @@ def test_two_games_cancel_a_known_first_position_bias():
                _battle("forty", "fourty", "42")]
     flips = 0
     for bt in battles:
-        fair = score_sum(play_two_games(bt, reference_judge))
-        games = play_two_games(bt, biased)
+        fair = score_sum(play_games(bt, reference_judge))
+        games = play_games(bt, biased)
         assert score_sum(games)[0] == fair[0]  # the bias cancels in the average
         assert games[0].score_a != games[1].score_a or games[0].score_b != games[1].score_b
         flips += position_flip(games)
@@ -108,7 +110,7 @@ def test_unparseable_judge_retries_then_invalid():
         calls.append(1)
         return "I refuse."
 
-    games = play_two_games(_battle("42", "41", "42"), mute, max_parse_retries=2)
+    games = play_games(_battle("42", "41", "42"), mute, max_parse_retries=2)
     assert len(calls) == 6 and all(g.attempts == 3 and g.error for g in games)
     assert score_sum(games)[0] == "invalid"
 
@@ -129,8 +131,12 @@ def test_health_rates():
     h.add(_verdict(_games((9, 5), (8, 6))), 50, 10)  # a wins both games; a is longer
     h.add(_verdict([Game(order="ab", error="x"), Game(order="ba", error="x")]))
     s = h.summary()
-    assert s == {"verdicts": 3, "invalid_rate": 0.3333, "position_flip_rate": 0.5,
+    assert s == {"verdicts": 3, "invalid_rate": 0.3333, "position_flip_rate": 0.5, "single_game_rate": 0.0,
                  "first_position_win_rate": 0.75, "longer_answer_win_rate": 0.5}
+    h.add(_verdict([Game(order="ba", score_a=3, score_b=7)]), 10, 50)  # one game: no flip to measure
+    s = h.summary()
+    assert s["position_flip_rate"] == 0.5 and s["single_game_rate"] == 0.3333
+    assert s["first_position_win_rate"] == 0.8 and s["longer_answer_win_rate"] == 0.6667
 
 
 def test_pool_over_real_broker_battles_in_verdicts_out(cfg):
@@ -298,3 +304,229 @@ def test_mt_bench_labels_with_the_fastchat_policy_and_health():
                   games=flip, winner=w, margin=m, policy="fastchat", judge=JudgeInfo(backend="openai")))
     s = h.summary()
     assert s["position_flip_rate"] == 1.0 and s["first_position_win_rate"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------ one game
+def test_one_game_protocol_splits_orders_and_leaves_the_bias_to_average_out():
+    from consumers.judging.protocol import orders_for
+
+    def biased(battle, first, second):  # the reference judge plus +3 for whatever is shown first
+        s1, s2 = (float(x) for x in reference_judge(battle, first, second).split("\n")[0].split())
+        return f"{min(10, s1 + 3):g} {s2:g}\nbiased"
+
+    battles = [_battle(f"It is {41 + i % 2}", f"maybe {40 + i % 3}", "42").model_copy(update={"id": f"bat-{i}"})
+               for i in range(200)]
+    orders = [orders_for(b, 1) for b in battles]
+    assert all(len(o) == 1 for o in orders) and orders[0] == orders_for(battles[0], 1)  # stable per battle
+    assert 80 < sum(o == ("ab",) for o in orders) < 120  # about half shown each way
+    health = {}
+    for name, judge in (("fair", reference_judge), ("biased", biased)):
+        h = health[name] = JudgeHealth()
+        for b, o in zip(battles, orders):
+            games = play_games(b, judge, orders=o)
+            w, sa, sb, m = score_sum(games)
+            assert len(games) == 1 and (sa, sb) == (games[0].score_a, games[0].score_b)
+            h.add(Verdict(battle_id=b.id, instruction_id="i", competitor_a="x", competitor_b="y", model_a="x",
+                          model_b="y", games=games, score_a=sa, score_b=sb, winner=w, margin=m,
+                          judge=JudgeInfo(backend="reference", games=1)))
+    fair, bias = health["fair"].summary(), health["biased"].summary()
+    # the bias is not cancelled per battle, and the health shows it: every verdict one game, and the
+    # first-shown answer wins far more often than with the fair judge
+    assert bias["single_game_rate"] == 1.0 and bias["position_flip_rate"] == 0.0
+    assert 0.4 < fair["first_position_win_rate"] < 0.6 and bias["first_position_win_rate"] > 0.75
+    # one game is a different protocol, so a different judge id (two games keep the old ids)
+    assert JudgeInfo(backend="reference", games=1).judge_id != JudgeInfo(backend="reference").judge_id
+    assert JudgeInfo(backend="reference").judge_id == "reference:::"
+
+
+def test_policies_read_one_game():
+    from consumers.judging.policies import arena_hard
+
+    assert score_sum([Game(order="ba", score_a=8, score_b=6)], tie_margin=1) == ("model_a", 8, 6, 2)
+    assert fastchat([Game(order="ba", raw="[[A]]")]) == ("model_b", None, None, 1.0)  # b was shown first
+    assert arena_hard([Game(order="ab", raw="[[B>>A]]")]) == ("model_b", None, None, 3.0)
+    assert score_sum([Game(order="ab", error="unparseable judge output")])[0] == "invalid"
+    assert score_sum([])[0] == "invalid" and fastchat([])[0] == "invalid"
+
+
+# -------------------------------------------------------------------------------------- replayed judges
+def _vicuna_battles(review_file, answers_dir):
+    """Battles of the answers a vicuna-eval review file judged, sides in canonical (response id) order,
+    and the scores each review states for sides a and b."""
+    answers = {}
+    for f in answers_dir.glob("*.jsonl"):
+        for line in open(f):
+            d = json.loads(line)
+            answers[d["answer_id"]] = d
+    questions = {d["question_id"]: d["text"] for d in map(json.loads, open(answers_dir.parent / "question.jsonl"))}
+    out = []
+    for line in open(review_file):
+        r = json.loads(line)
+        one, two = answers[r["answer1_id"]], answers[r["answer2_id"]]
+        sides = sorted([(f"res-{one['answer_id']}", one, 0), (f"res-{two['answer_id']}", two, 1)], key=lambda t: t[0])
+        a, b = (Contestant(response_id=rid, model=d["model_id"], answers=[d["text"]]) for rid, d, _ in sides)
+        stated = _FIELD_DISAGREES_WITH_TEXT.get(r["review_id"], tuple(r["score"]))
+        want = (stated[sides[0][2]], stated[sides[1][2]])  # the review's (answer 1, answer 2) mapped to (a, b)
+        out.append((Battle(instruction_id=f"vicuna-{r['question_id']}", messages=[
+            Message(role="user", content=questions[r["question_id"]])], a=a, b=b), want, sides[0][2] == 0))
+    return out
+
+
+def test_replay_loads_every_real_vicuna_review():
+    from consumers.judging.replay import RecordedJudgments
+
+    rec = RecordedJudgments(str(shared_data("vicuna_eval_2023/review")))  # answers found in ../answer
+    assert len(rec.games) == 1040 and rec.unresolved == 0 and rec.conflicts == 0
+    assert rec.kinds == {"scores": 1040, "labels": 0} and "gpt-4-0328-generic" in rec.judges
+
+
+def test_replay_judge_gives_the_recorded_scores_in_one_game_and_refuses_to_invent_the_other_order():
+    from consumers.judging.replay import RecordedJudgments, ReplayJudge
+
+    root = shared_data("vicuna_eval_2023")
+    review = root / "review/vicuna-13b_20230322-clean-lang/review_gpt35_vicuna-13b.jsonl"
+    rec = RecordedJudgments(str(review))
+    cases = _vicuna_battles(review, root / "answer")
+    battles = [b for b, _, _ in cases]
+    games = ReplayJudge(rec, games=1).games(battles)
+    n_ab = 0
+    for (b, want, gpt35_is_a), g in zip(cases, games):
+        assert len(g) == 1 and g[0].error is None
+        assert g[0].order == ("ab" if gpt35_is_a else "ba")  # the order the review was recorded in
+        assert (g[0].score_a, g[0].score_b) == want, b.instruction_id
+        n_ab += g[0].order == "ab"
+    assert 0 < n_ab < 80  # canonical sides put the recorded first answer on both sides
+    # two games: the swapped order was never recorded, so each verdict is invalid with the reason
+    for (b, _, _), g in zip(cases, ReplayJudge(rec, games=2).games(battles)):
+        assert score_sum(g)[0] == "invalid"
+        missing = [x for x in g if x.error]
+        assert len(missing) == 1 and "no recorded judgment" in missing[0].error
+    # answers that differ from the recorded ones are not judged by someone else's review
+    changed = battles[0].model_copy(update={"a": battles[0].a.model_copy(update={"answers": ["something else"]})})
+    assert ReplayJudge(rec, games=1).games([changed])[0][0].error.startswith("no recorded judgment")
+
+
+def test_replay_judge_pool_over_real_broker(cfg):
+    import time as _t
+
+    from arena_flywheel.kafka import Publisher, ensure_topics
+    from consumers.judge import JudgePool
+    from tests.test_generate import read_all
+
+    root = shared_data("vicuna_eval_2023")
+    review = root / "review/vicuna-7b_20230322-fp16/review_bard_vicuna-7b.jsonl"
+    cases = _vicuna_battles(review, root / "answer")
+    cfg.judge.backend, cfg.judge.model, cfg.judge.games = "replay", str(review), 1
+    ensure_topics(cfg)
+    with Publisher(cfg) as pub:
+        for b, _, _ in cases:
+            pub.send(b)
+        pub.flush()
+    pool = JudgePool(cfg)
+    deadline = _t.monotonic() + 30
+    while pool.counts["battles"] < len(cases) and _t.monotonic() < deadline:
+        pool.poll_once()
+    stats = pool.stats()
+    pool.close()
+    verdicts = {v.battle_id: v for v in read_all(cfg, "verdicts", Verdict)}
+    assert len(verdicts) == 80
+    for b, (wa, wb), _ in cases:
+        v = verdicts[b.id]
+        assert (v.score_a, v.score_b) == (wa, wb)
+        assert v.winner == ("model_a" if wa > wb else "model_b" if wb > wa else "tie")
+    info = next(iter(verdicts.values())).judge
+    assert (info.backend, info.model, info.template_id, info.games) == ("replay", "1+2+3", "recorded", 1)  # reviewer ids as recorded
+    assert len(info.template_hash) == 64 and info.judge_id.endswith(":1-game")
+    assert stats["invalid"] == 0 and stats["health"]["single_game_rate"] == 1.0
+    assert {v.id for v in verdicts.values()} == {pool.judge(b).id for b, _, _ in cases}  # idempotent ids
+
+
+def _mt_bench_recordings(tmp_path):
+    """A FastChat MT-bench layout: model_answer/<model>.jsonl and model_judgment/gpt-4_pair.jsonl, in the
+    record shapes FastChat's gen_judgment.py writes (values written here for the test)."""
+    ans, judg = tmp_path / "model_answer", tmp_path / "model_judgment"
+    ans.mkdir(), judg.mkdir()
+    turns = {"alpha": ["Paris.", "About 2.1 million people."], "beta": ["It is Lyon.", "Lyon has 500k."]}
+    for m, t in turns.items():
+        (ans / f"{m}.jsonl").write_text(json.dumps({"question_id": 81, "model_id": m, "answer_id": f"x-{m}",
+                                                    "choices": [{"index": 0, "turns": t}]}) + "\n")
+    recs = [
+        {"question_id": 81, "model_1": "alpha", "model_2": "beta", "g1_winner": "model_1", "g2_winner": "model_1",
+         "judge": ["gpt-4", "pair-v2"], "g1_user_prompt": "...", "g1_judgment": "A is correct. [[A]]",
+         "g2_user_prompt": "...", "g2_judgment": "B is correct. [[B]]", "turn": 1, "tstamp": 0},
+        {"question_id": 81, "model_1": "alpha", "model_2": "beta", "g1_winner": "model_1", "g2_winner": "model_1",
+         "judge": ["gpt-4", "pair-v2-multi-turn"], "g1_user_prompt": "...", "g1_judgment": "[[A]]",
+         "g2_user_prompt": "...", "g2_judgment": "First assistant better. [[A]]", "turn": 2, "tstamp": 0},
+    ]
+    (judg / "gpt-4_pair.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    return judg / "gpt-4_pair.jsonl", turns
+
+
+def test_replay_mt_bench_pairwise_judgments_play_both_games(tmp_path):
+    from consumers.judging.replay import RecordedJudgments, ReplayJudge
+
+    path, turns = _mt_bench_recordings(tmp_path)
+    rec = RecordedJudgments(str(path))  # answers found in ../model_answer
+    assert len(rec.games) == 4 and rec.kinds == {"scores": 0, "labels": 4}
+
+    def battle(n_turns):
+        users = [Message(role="user", content="Capital of France?"), Message(role="user", content="Population?")]
+        return Battle(instruction_id="mt-81", messages=users[:n_turns],
+                      a=Contestant(response_id="r1", model="beta", answers=turns["beta"][:n_turns]),
+                      b=Contestant(response_id="r2", model="alpha", answers=turns["alpha"][:n_turns]))
+
+    one_turn, two_turns = battle(1), battle(2)
+    g1 = ReplayJudge(rec).games([one_turn])[0]
+    assert [g.preference for g in g1] == ["B>A", "A>B"]  # alpha (side b) shown second, then first: wins both
+    assert fastchat(g1) == ("model_b", None, None, 1.0)
+    assert position_flip(g1) is False
+    g2 = ReplayJudge(rec).games([two_turns])[0]  # turn 2 is keyed by the whole conversation
+    assert fastchat(g2)[0] == "tie" and position_flip(g2) is True  # the recorded judge flipped with position
+
+
+def test_replay_config_errors_are_one_line(cfg, tmp_path):
+    from arena_flywheel.cli import UsageError
+    from consumers.judge import JudgePool
+
+    path, _ = _mt_bench_recordings(tmp_path)
+    cfg.judge.backend, cfg.judge.model = "replay", str(path)
+    with pytest.raises(UsageError, match="labels, not scores.*fastchat"):
+        JudgePool(cfg)  # policy score-sum on label recordings
+    cfg.judge.model = str(tmp_path / "missing.jsonl")
+    with pytest.raises(UsageError, match="not found"):
+        JudgePool(cfg)
+    cfg.judge.model, cfg.judge.recorded_answers = str(path), str(tmp_path / "nowhere")
+    with pytest.raises(UsageError, match="recorded_answers"):
+        JudgePool(cfg)
+    (tmp_path / "other.jsonl").write_text('{"question_id": 1, "text": "an answer, not a judgment"}\n')
+    cfg.judge.model, cfg.judge.recorded_answers = str(tmp_path / "other.jsonl"), None
+    with pytest.raises(UsageError, match="no recorded judgments"):
+        JudgePool(cfg)
+
+
+def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
+    """All 1,040 GPT-4 reviews replayed as battles (one game each, score-sum), fitted into a leaderboard,
+    and compared with the human Chatbot Arena leaderboard of 2024-03-29: the judge chain end to end on
+    real data (measured: Spearman 1.0, every pair separable, agreement with confidence 100%)."""
+    from arena_flywheel.config import Config
+    from arena_flywheel.consistency import compute, load_board
+    from consumers.judging.replay import RecordedJudgments, ReplayJudge
+    from streams.engine import leaderboard_from_battles
+
+    root = shared_data("vicuna_eval_2023")
+    human = load_board(shared_data("reference_leaderboards/lmsys_arena_elo_results_20240329_leaderboard.csv"))
+    judge = ReplayJudge(RecordedJudgments(str(root / "review")), games=1)
+    rows = []
+    for f in sorted((root / "review").rglob("*.jsonl")):
+        cases = _vicuna_battles(f, root / "answer")
+        for (b, want, _), g in zip(cases, judge.games([b for b, _, _ in cases])):
+            w, sa, sb, _m = score_sum(g)
+            assert (sa, sb) == want
+            rows.append((b.a.model, b.b.model, w))
+    assert len(rows) == 1040
+    board = {r.model: {"score": r.rating, "lower": r.lower, "upper": r.upper, "samples": None}
+             for r in leaderboard_from_battles(rows, Config().ratings)}
+    names = {"gpt-3.5-turbo:20230327": "gpt-3.5-turbo-0314", "vicuna-13b:20230322-clean-lang": "vicuna-13b",
+             "vicuna-7b:20230322-fp16": "vicuna-7b", "alpaca-13b:v1": "alpaca-13b", "llama-13b:v1": "llama-13b"}
+    c = compute(board, human, names)
+    assert c["spearman"] > 0.99 and c["agreement_with_confidence"] == 1.0 and c["separability"] >= 0.9

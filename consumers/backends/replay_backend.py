@@ -31,13 +31,13 @@ def normalize_text(s: str) -> str:
     return " ".join(s.split())
 
 
-def _turn_text(t: Any) -> str | None:
+def turn_text(t: Any) -> str | None:
     if isinstance(t, str):
         return t
     if isinstance(t, dict):
         for k in ("content", "answer", "text"):
             if isinstance(t.get(k), (str, dict)):
-                return _turn_text(t[k])
+                return turn_text(t[k])
     return None
 
 
@@ -68,13 +68,13 @@ def parse_record(rec: dict) -> tuple[list[str], RecordedAnswer] | None:
     if isinstance(rec.get("choices"), list) and rec["choices"]:
         raw = rec["choices"][0].get("turns") if isinstance(rec["choices"][0], dict) else None
         if isinstance(raw, list):
-            turns = [_turn_text(t) or "" for t in raw]
+            turns = [turn_text(t) or "" for t in raw]
             tokens = _token_len(raw)
     elif isinstance(rec.get("messages"), list):
         users = [m for m in rec["messages"] if isinstance(m, dict) and m.get("role") == "user"]
         if users:
-            prompt = _turn_text(users[0].get("content"))
-        turns = [_turn_text(m.get("content")) or "" for m in rec["messages"]
+            prompt = turn_text(users[0].get("content"))
+        turns = [turn_text(m.get("content")) or "" for m in rec["messages"]
                  if isinstance(m, dict) and m.get("role") == "assistant"]
     elif isinstance(rec.get("text"), str):
         turns = [rec["text"]]
@@ -118,7 +118,7 @@ def _question_texts(path: Path) -> dict[str, str]:
         qid = rec.get("question_id", rec.get("uid"))
         text = rec.get("text") or rec.get("prompt") or rec.get("instruction")
         if text is None and isinstance(rec.get("turns"), list) and rec["turns"]:
-            text = _turn_text(rec["turns"][0])
+            text = turn_text(rec["turns"][0])
         if qid is not None and isinstance(text, str):
             out[str(qid)] = text
     return out

@@ -12,6 +12,7 @@ class JudgeHealth:
     verdicts: int = 0
     invalid: int = 0
     flips: int = 0
+    paired: int = 0  # valid verdicts judged in both orders: the flip rate's denominator
     decided_games: int = 0
     first_position_wins: int = 0
     decided_verdicts: int = 0
@@ -22,7 +23,10 @@ class JudgeHealth:
         if v.winner == "invalid":
             self.invalid += 1
             return
-        self.flips += bool(position_flip(v.games))
+        flip = position_flip(v.games)
+        if flip is not None:
+            self.paired += 1
+            self.flips += flip
         for g in v.games:
             w = _game_winner(g)
             if w not in (None, "tie"):
@@ -42,6 +46,8 @@ class JudgeHealth:
             return round(n / d, 4) if d else 0.0
         valid = self.verdicts - self.invalid
         return {"verdicts": self.verdicts, "invalid_rate": rate(self.invalid, self.verdicts),
-                "position_flip_rate": rate(self.flips, valid),
+                "position_flip_rate": rate(self.flips, self.paired),
+                # judged in one order only: position bias not cancelled per battle (judge.games = 1)
+                "single_game_rate": rate(valid - self.paired, valid),
                 "first_position_win_rate": rate(self.first_position_wins, self.decided_games),
                 "longer_answer_win_rate": rate(self.longer_wins, self.decided_verdicts)}

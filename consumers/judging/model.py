@@ -1,7 +1,7 @@
 """A model as judge: any generation backend (transformers, vLLM, OpenAI-compatible) behind a template.
 
-Each battle is two games (a shown first, then b shown first). All games of a polled batch go to the
-backend in one generate() call, so a batched backend judges at its batch size. Output that does not
+Each battle is played in the orders of the games protocol (consumers/judging/protocol.py: both orders by
+default). All games of a polled batch go to the backend in one generate() call, so a batched backend judges at its batch size. Output that does not
 parse is asked again (up to judge.max_parse_retries, with a new seed), then kept as an `invalid` game
 with its raw text: never a silent tie.
 """
@@ -15,6 +15,7 @@ from consumers.backends.base import Backend, GenerationRequest
 
 from .parse import parse_scores
 from .policies import parse_preference
+from .protocol import orders_for, score_game, shown
 from .templates import Template
 
 
@@ -61,8 +62,9 @@ def ask(backend: Backend, prompts: dict[Hashable, str], parse: Callable[[str], A
 
 class ModelJudge:
     def __init__(self, backend: Backend, template: Template, *, labels: bool = False, max_new_tokens: int = 512,
-                 temperature: float = 0.0, max_parse_retries: int = 2):
+                 temperature: float = 0.0, max_parse_retries: int = 2, games: int = 2):
         self.backend = backend
+        self.n_games = games
         self.template = template
         self.labels = labels  # arena-hard style [[A>>B]] labels instead of two scores
         self.max_new_tokens = max_new_tokens
@@ -70,9 +72,9 @@ class ModelJudge:
         self.max_parse_retries = max_parse_retries
 
     def _prompt(self, battle: Battle, order: str) -> str:
-        q, a = conversation(battle, battle.a.answers)
-        _, b = conversation(battle, battle.b.answers)
-        first, second = (a, b) if order == "ab" else (b, a)
+        first_turns, second_turns = shown(battle, order)
+        q, first = conversation(battle, first_turns)
+        _, second = conversation(battle, second_turns)
         refs = battle.references or ([battle.reference] if battle.reference else [])
         return self.template.render(q, first, second, reference=refs[0] if refs else "")
 
@@ -86,15 +88,15 @@ class ModelJudge:
             return Game(order=order, raw=ans.text, attempts=ans.attempts, error=err)
         if self.labels:
             return Game(order=order, raw=ans.text, preference=ans.value, attempts=ans.attempts)
-        sa, sb = ans.value if order == "ab" else ans.value[::-1]  # scores mapped back to a and b
-        return Game(order=order, raw=ans.text, score_a=sa, score_b=sb, attempts=ans.attempts)
+        return score_game(order, ans.text, ans.attempts)
 
     def games(self, battles: list[Battle]) -> list[list[Game]]:
-        prompts = {(i, order): self._prompt(b, order) for i, b in enumerate(battles) for order in ("ab", "ba")}
+        orders = [orders_for(b, self.n_games) for b in battles]
+        prompts = {(i, o): self._prompt(b, o) for i, b in enumerate(battles) for o in orders[i]}
         answers = ask(self.backend, prompts, self._parse, retries=self.max_parse_retries,
                       max_new_tokens=self.max_new_tokens, temperature=self.temperature,
                       request_id=lambda k: f"{battles[k[0]].id}:{k[1]}")
-        return [[self._game(order, answers[(i, order)]) for order in ("ab", "ba")] for i in range(len(battles))]
+        return [[self._game(o, answers[(i, o)]) for o in orders[i]] for i in range(len(battles))]
 
     def close(self) -> None:
         close: Callable | None = getattr(self.backend, "close", None)

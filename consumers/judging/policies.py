@@ -1,7 +1,8 @@
-"""Aggregate the two games of a battle (positions swapped) into (winner, score_a, score_b, margin).
+"""Aggregate the games of a battle into (winner, score_a, score_b, margin).
 
-Game.score_a / score_b already refer to the battle's a and b whatever order was shown, so a judge's
-first-position bias pushes the two games in opposite directions and averaging cancels it.
+Normally two games with positions swapped; Game.score_a / score_b already refer to the battle's a and b
+whatever order was shown, so a judge's first-position bias pushes the two games in opposite directions
+and averaging cancels it. With `judge.games = 1` the policies read the one game as it is.
 """
 from __future__ import annotations
 
@@ -44,18 +45,22 @@ def _game_winner(g: Game) -> str | None:
     return shown_first if points > 0 else shown_second
 
 
+def _counted(games: list[Game]) -> bool:
+    return len(games) in (1, 2)  # the pool always emits the configured number of games, failed ones included
+
+
 def _valid(games: list[Game]) -> list[Game] | None:
-    if len(games) != 2 or any(_game_winner(g) is None for g in games):
+    if not _counted(games) or any(_game_winner(g) is None for g in games):
         return None  # never a silent tie: an unparsed game makes the battle "invalid"
     return games
 
 
 def score_sum(games: list[Game], tie_margin: float = 0.0) -> Outcome:
-    """WizardArena: average each answer's 1-10 score over both games; tie when |diff| < tie_margin or equal."""
-    if len(games) != 2 or not all(_has_scores(g) for g in games):
+    """WizardArena: average each answer's 1-10 score over the games; tie when |diff| < tie_margin or equal."""
+    if not _counted(games) or not all(_has_scores(g) for g in games):
         return "invalid", None, None, 0.0
-    a = sum(g.score_a for g in games) / 2
-    b = sum(g.score_b for g in games) / 2
+    a = sum(g.score_a for g in games) / len(games)
+    b = sum(g.score_b for g in games) / len(games)
     diff = a - b
     if diff == 0 or abs(diff) < tie_margin:
         return "tie", a, b, abs(diff)
@@ -68,11 +73,11 @@ def fastchat(games: list[Game], tie_margin: float = 0.0) -> Outcome:
     with labels (MT-bench [[A]]/[[B]]/[[C]]) have no scores, and a win has margin 1."""
     if _valid(games) is None:
         return "invalid", None, None, 0.0
-    w1, w2 = (_game_winner(g) for g in games)
-    winner = w1 if w1 == w2 else "tie"
+    winners = {_game_winner(g) for g in games}
+    winner = winners.pop() if len(winners) == 1 else "tie"
     if all(_has_scores(g) for g in games):
-        a = sum(g.score_a for g in games) / 2
-        b = sum(g.score_b for g in games) / 2
+        a = sum(g.score_a for g in games) / len(games)
+        b = sum(g.score_b for g in games) / len(games)
         return winner, a, b, abs(a - b) if winner != "tie" else 0.0
     return winner, None, None, 1.0 if winner != "tie" else 0.0
 
@@ -81,15 +86,16 @@ POLICIES = {"score-sum": score_sum, "fastchat": fastchat}
 
 
 def position_flip(games: list[Game]) -> bool | None:
-    """True when the two games name different winners (a position-dependent judge), None if invalid."""
-    if _valid(games) is None:
+    """True when the two games name different winners (a position-dependent judge); None if invalid or
+    judged in one game (nothing to compare)."""
+    if len(games) != 2 or _valid(games) is None:
         return None
     return _game_winner(games[0]) != _game_winner(games[1])
 
 
 def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:
     """Arena-Hard: each game is its own battle, a strong preference (>>) counts 3, a weak one 1.
-    Points are summed for a over both games (labels flipped for the "ba" game); the sign gives the winner
+    Points are summed for a over the games (labels flipped for the "ba" game); the sign gives the winner
     and |sum| (0-6) is reported as the margin; scores are None because the judge gives none."""
     points = 0
     for g in games:
@@ -98,7 +104,7 @@ def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:
             return "invalid", None, None, 0.0
         p = _PREF_POINTS[label]
         points += p if g.order == "ab" else -p
-    if len(games) != 2:
+    if not _counted(games):
         return "invalid", None, None, 0.0
     if points == 0 or abs(points) < tie_margin:
         return "tie", None, None, float(abs(points))

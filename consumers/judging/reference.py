@@ -1,4 +1,4 @@
-"""Reference judge (backend "reference", no model) and the two-game protocol.
+"""Reference judge (backend "reference", no model): scores answers against the instruction's reference.
 
 Each answer is scored against the instruction's reference on its own, so the score cannot depend on
 the position it was shown in; the raw text uses the dual-score format so the same parser reads it.
@@ -7,10 +7,8 @@ from __future__ import annotations
 
 import difflib
 import re
-from typing import Callable
 
-from arena_flywheel.events import Battle, Game
-from consumers.judging.parse import parse_scores
+from arena_flywheel.events import Battle
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
@@ -50,24 +48,3 @@ def reference_judge(battle: Battle, first: str, second: str) -> str:
         return "The instruction has no reference answer; the reference judge cannot score it."
     s1, s2 = reference_score(first, refs), reference_score(second, refs)
     return f"{s1:g} {s2:g}\nScores by closeness to the reference answer (exact, numeric, else similarity)."
-
-
-JudgeFn = Callable[[Battle, str, str], str]
-
-
-def play_two_games(battle: Battle, judge: JudgeFn, max_parse_retries: int = 0) -> list[Game]:
-    """Judge with a shown first ("ab") then b shown first ("ba"); scores mapped back to a and b."""
-    a, b = battle.a.answers[-1], battle.b.answers[-1]
-    games = []
-    for order, (first, second) in (("ab", (a, b)), ("ba", (b, a))):
-        for attempt in range(1, max_parse_retries + 2):
-            raw = judge(battle, first, second)
-            scores = parse_scores(raw)
-            if scores is not None:
-                break
-        if scores is None:
-            games.append(Game(order=order, raw=raw, attempts=attempt, error="unparseable judge output"))
-            continue
-        sa, sb = scores if order == "ab" else scores[::-1]
-        games.append(Game(order=order, raw=raw, score_a=sa, score_b=sb, attempts=attempt))
-    return games
