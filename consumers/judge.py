@@ -111,7 +111,7 @@ class JudgePool:
         idle_since = time.monotonic()
         try:
             while not (stop_event and stop_event.is_set()):
-                if self.poll_once():
+                if self.poll_once() or not self._consumer.assignment():  # still joining: not idle yet
                     idle_since = time.monotonic()
                 elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
                     break

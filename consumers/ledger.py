@@ -457,12 +457,20 @@ class Ledger:
             log.warning("ledger: offset commit failed (%s); the batch will be redelivered and deduplicated", exc)
         return written
 
-    def run(self, stop_event: threading.Event | None = None, poll_timeout_ms: int = 200) -> None:
+    def run(self, stop_event: threading.Event | None = None, poll_timeout_ms: int = 200,
+            max_idle_s: float | None = None) -> None:
+        """Sink until stopped, or until no record has arrived for `max_idle_s` seconds (scripts, CI)."""
         stop_event = stop_event or threading.Event()
         self.start()
+        idle_since = time.monotonic()
         try:
             while not stop_event.is_set():
+                before = self.records
                 self.poll_once(poll_timeout_ms)
+                if self.records != before or not self.consumer.assignment():  # joining: not idle yet
+                    idle_since = time.monotonic()
+                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                    break
         finally:
             self.close()
 
@@ -492,6 +500,8 @@ class Ledger:
 # ------------------------------------------------------------------------- CLI: arena ledger
 def add_arguments(p) -> None:
     p.add_argument("--db", metavar="URL", help="database URL (default: db.url / $ARENA_DB_URL)")
+    p.add_argument("--max-idle", type=float, default=None, metavar="S",
+                   help="stop after S seconds with no new record (scripts, CI)")
 
 
 def run(args, cfg: Config) -> int:
@@ -510,7 +520,7 @@ def run(args, cfg: Config) -> int:
         print(f"arena ledger: {', '.join(ledger.topics)} -> {cfg.db.url} (group {group_id(kcfg)}); Ctrl-C stops",
               file=sys.stderr)
         try:
-            ledger.run(stop)
+            ledger.run(stop, max_idle_s=args.max_idle)
         except KeyboardInterrupt:
             ledger.close()
         print(f"arena ledger: stopped; {ledger.records} records read, {ledger.written} rows new, "

@@ -4,7 +4,7 @@ Formats: JSONL, JSON (a list or {"data": [...]}), CSV, Parquet (pyarrow), local 
 directories (load_from_disk), stdin (JSONL), and `--follow` (tail a growing JSONL file).
 Shapes: ShareGPT `conversations`, OpenAI `messages`, MT-bench `turns` (+question_id, category, reference),
 arena-hard `prompt`/`uid` (also `turns` of {"content": ...}), Alpaca `instruction`/`input`/`output`,
-plain `prompt` / `question` / `instruction`.
+FastChat vicuna-eval `question_id`/`text`, plain `prompt` / `question` / `instruction` (docs/feed.md).
 
 Instruction ids are content hashes, so a prompt seen twice in one feed is sent once (and downstream
 consumers dedupe across feeds by id). A record that cannot become an Instruction is sent to the
@@ -109,6 +109,8 @@ def instruction_fields(d: Any) -> dict[str, Any]:
         msgs = [{"role": "user", "content": prompt}]
         if d.get("output"):
             reference = _text(d["output"], "output")
+    elif "text" in d and "question_id" in d:  # FastChat vicuna-eval questions (a bare "text" is not a prompt)
+        msgs = [{"role": "user", "content": _text(d["text"], "text")}]
     else:
         for key in ("prompt", "question", "instruction"):
             if key in d:
@@ -116,7 +118,7 @@ def instruction_fields(d: Any) -> dict[str, Any]:
                 break
         else:
             raise BadEvent("no prompt found: expected one of conversations, messages, turns, "
-                           "instruction, prompt, question")
+                           "instruction, prompt, question (or question_id with text)")
     # A trailing assistant message is the recorded answer, not part of the prompt: keep it as reference.
     while msgs and msgs[-1]["role"] == "assistant":
         last = msgs.pop()

@@ -114,6 +114,11 @@ class PairCounts:
         c.ties[:n, :n] = cells[1] + cells[1].T
         return c
 
+    def sorted(self) -> "PairCounts":
+        """The same counts with models in name order: the bootstrap draws per model index, so the same
+        battles read in another order (a ledger, a topic) give the same confidence intervals."""
+        return PairCounts(sorted(self.models)).merge(self)
+
     def merge(self, other: "PairCounts") -> "PairCounts":
         idx = np.array([self._idx(m) for m in other.models], dtype=np.int64)
         if len(idx):
@@ -500,7 +505,7 @@ def ratings_from_config(cfg_ratings) -> dict[str, Any]:
 def leaderboard_from_battles(rows: Iterable[tuple[str, str, str]], cfg_ratings, **overrides) -> list[Row]:
     """The configured leaderboard (cfg.ratings; bootstrap CIs) of (model_a, model_b, winner) rows, e.g.
     the ledger's verdicts: what the demo, `arena watch`, `arena report` and `arena iterations` show."""
-    return leaderboard(PairCounts.from_battles(rows), **{**ratings_from_config(cfg_ratings), **overrides})
+    return leaderboard(PairCounts.from_battles(rows).sorted(), **{**ratings_from_config(cfg_ratings), **overrides})
 
 
 # ------------------------------------------------------------------------------------------ style control

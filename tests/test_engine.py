@@ -367,3 +367,20 @@ def test_style_control_removes_a_length_bias():
     assert plain["verbose"] - plain["b"] > 40  # the bias is there
     assert abs(styled["verbose"] - 1000) < 30 and abs(styled["a"] - 1100) < 30 and abs(styled["c"] - 900) < 30
     assert coef[0] > 0
+
+
+def test_the_same_battles_in_any_order_give_the_same_leaderboard():
+    """Bootstrap CIs do not depend on the order the battles were read in (a ledger, a topic, a file)."""
+    import random
+
+    from arena_flywheel.config import RatingsConfig
+    from streams.engine import leaderboard_from_battles
+
+    rows = simulate(STRENGTH, 300, seed=8)
+    shuffled = list(rows)
+    random.Random(1).shuffle(shuffled)
+    first = [r.as_dict() for r in leaderboard_from_battles(rows, RatingsConfig())]
+    again = [r.as_dict() for r in leaderboard_from_battles(shuffled, RatingsConfig())]
+    assert first == again
+    c = PairCounts.from_battles(shuffled)
+    assert c.sorted().models == sorted(c.models) and fit_bt(c.sorted()) == pytest.approx(fit_bt(c))

@@ -84,6 +84,16 @@ def test_mt_bench_gives_80_two_turn_instructions(cfg):
     store.close()
 
 
+def test_vicuna_eval_questions_keep_their_ids(cfg):
+    path = shared_data("vicuna_eval_2023/question.jsonl")  # {"question_id", "text", "category"}
+    stats, store = feed_and_store(cfg, path, split="eval")
+    assert (stats.sent, stats.duplicates, stats.rejected) == (80, 0, 0)
+    ins = store.events("instruction", split="eval")
+    assert sorted(int(i.source_id) for i in ins) == list(range(1, 81))
+    assert {i.category for i in ins} >= {"generic", "math", "coding"}
+    store.close()
+
+
 def test_thousand_lines_one_broken_and_bad_inputs(cfg, tmp_path):
     lines = [json.dumps({"prompt": f"question number {i}"}).encode() for i in range(1000)]
     lines[500] = b'{"prompt": "unterminated'

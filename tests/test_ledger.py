@@ -204,6 +204,21 @@ def test_run_stops_on_event(cfg):
     store.close()
 
 
+def test_run_stops_when_idle(cfg):
+    """`arena ledger --max-idle S`: stores what arrives, then stops once S seconds pass with nothing new."""
+    import time
+
+    events = sample_events(1)
+    publish(cfg, events)
+    ledger = Ledger(cfg)
+    t0 = time.monotonic()
+    ledger.run(max_idle_s=3.0)  # no stop event: it must end by itself
+    assert time.monotonic() - t0 < 30 and ledger.consumer is None
+    store = LedgerStore(cfg.db.url)
+    assert sum(store.counts().values()) == len(events)
+    store.close()
+
+
 def test_readers_see_rows_while_another_process_writes(tmp_path):
     """WAL: a reader in this process counts rows while a writer process inserts them."""
     url = f"sqlite:///{tmp_path / 'shared.db'}"
