@@ -94,6 +94,13 @@ class JudgeConfig(Section):
     base_url: str | None = None
     api_key_env: str = "OPENAI_API_KEY"
     template: str = "wizardarena-dual-score"
+    reference_template: str | None = Field(None, description=(
+        "model judges: template for battles that carry a reference answer and whose category is in "
+        "reference_categories (MT-bench style), e.g. reference-guided-dual-score or "
+        "reference-guided-pairwise-abc; unset: `template` for every battle"))
+    reference_categories: list[str] = Field(default_factory=lambda: ["math", "reasoning", "coding"], description=(
+        "categories judged with reference_template when the battle has a reference; empty: every battle "
+        "with a reference"))
     policy: Literal["score-sum", "fastchat", "arena-hard"] = "score-sum"
     tie_margin: float = Field(0.0, ge=0, description="score-sum: |a-b| below this is a tie")
     max_parse_retries: int = Field(2, ge=0)

@@ -40,6 +40,7 @@ class JudgePool:
             raise UsageError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
         self.policy = POLICIES[jc.policy]
         self.model_judge = None
+        self.infos: dict[str, JudgeInfo] = {}  # template id -> JudgeInfo, when the template varies per battle
         if jc.backend == "reference":
             if jc.policy == "arena-hard":  # the reference judge states scores, not [[A>>B]] labels
                 raise UsageError("judge policy arena-hard needs a model judge; use score-sum or fastchat with reference")
@@ -49,7 +50,8 @@ class JudgePool:
         elif jc.backend == "replay":
             self.model_judge, self.info = _replay_judge(jc)
         else:
-            self.model_judge, self.info = _model_judge(jc)
+            self.model_judge, self.infos = _model_judge(jc)
+            self.info = self.infos[jc.template]
         self.health = JudgeHealth()
         self.counts = {"battles": 0, "verdicts": 0, "invalid": 0, "dead_letters": 0}
         ensure_topics(cfg)
@@ -74,7 +76,12 @@ class JudgePool:
                        model_a=battle.a.model, model_b=battle.b.model,
                        checkpoint_a=battle.a.checkpoint, checkpoint_b=battle.b.checkpoint,
                        games=games, score_a=sa, score_b=sb, winner=winner, margin=margin,
-                       policy=self.cfg.judge.policy, judge=self.info)
+                       policy=self.cfg.judge.policy, judge=self._info(battle))
+
+    def _info(self, battle: Battle) -> JudgeInfo:
+        if len(self.infos) > 1:  # a reference-guided template for this battle
+            return self.infos[self.model_judge.template_for(battle).id]
+        return self.info
 
     def poll_once(self, timeout_ms: int = 500) -> int:
         """Judge one polled batch; returns the number of records handled."""
@@ -132,7 +139,8 @@ class JudgePool:
 
 
 def _model_judge(jc):
-    """A ModelJudge for judge.backend / judge.model / judge.template, and the JudgeInfo that names it."""
+    """A ModelJudge for judge.backend / judge.model / judge.template (and judge.reference_template), and
+    the JudgeInfo that names it per template id."""
     from arena_flywheel.cli import UsageError
     from consumers.backends import create_backend
     from consumers.backends.base import BackendError
@@ -141,22 +149,30 @@ def _model_judge(jc):
 
     try:
         template = load_template(jc.template)
+        ref_template = load_template(jc.reference_template) if jc.reference_template else None
     except KeyError as exc:
-        raise UsageError(f"judge.template: {exc.args[0]}") from None
+        key = "judge.reference_template" if jc.reference_template and jc.reference_template in str(exc) else \
+            "judge.template"
+        raise UsageError(f"{key}: {exc.args[0]}") from None
     labels = "[[" in template.text  # the template asks for a verdict label rather than two scores
     if (jc.policy == "arena-hard" and not labels) or (jc.policy == "score-sum" and labels):
         raise UsageError(f"judge.policy {jc.policy!r} and judge.template {jc.template!r} do not match: "
                          "arena-hard reads [[A>>B]] labels (template pairwise-labels), score-sum reads two "
                          "scores (e.g. wizardarena-dual-score); fastchat reads either (e.g. pairwise-abc)")
+    if ref_template is not None and (("[[" in ref_template.text) != labels or not ref_template.needs_reference):
+        raise UsageError(f"judge.reference_template {jc.reference_template!r} must show {{reference}} and answer "
+                         f"like judge.template {jc.template!r} ({'a [[...]] label' if labels else 'two scores'}): "
+                         f"e.g. {'reference-guided-pairwise-abc' if labels else 'reference-guided-dual-score'}")
     try:
         backend = create_backend(jc)
     except BackendError as exc:
         raise UsageError(f"judge backend {jc.backend!r}: {exc}") from None
     sampling = {"temperature": jc.temperature, "max_new_tokens": jc.max_new_tokens}
-    info = JudgeInfo(backend=jc.backend, model=jc.model, template_id=template.id, template_hash=template.sha256,
-                     sampling=sampling, games=jc.games)
+    infos = {t.id: JudgeInfo(backend=jc.backend, model=jc.model, template_id=t.id, template_hash=t.sha256,
+                             sampling=sampling, games=jc.games) for t in (template, ref_template) if t is not None}
     return ModelJudge(backend, template, labels=labels, max_new_tokens=jc.max_new_tokens, temperature=jc.temperature,
-                      max_parse_retries=jc.max_parse_retries, games=jc.games), info
+                      max_parse_retries=jc.max_parse_retries, games=jc.games, reference_template=ref_template,
+                      reference_categories=tuple(jc.reference_categories)), infos
 
 
 def _replay_judge(jc):

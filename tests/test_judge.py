@@ -530,3 +530,35 @@ def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
              "vicuna-7b:20230322-fp16": "vicuna-7b", "alpaca-13b:v1": "alpaca-13b", "llama-13b:v1": "llama-13b"}
     c = compute(board, human, names)
     assert c["spearman"] > 0.99 and c["agreement_with_confidence"] == 1.0 and c["separability"] >= 0.9
+
+
+def test_reference_guided_template_for_math_battles_with_a_reference(cfg):
+    """MT-bench style: battles with a reference in a reference category are judged with the reference-guided
+    template, the rest with the template; each verdict names the template that judged it."""
+    from arena_flywheel.cli import UsageError
+    from consumers.judge import JudgePool
+
+    cfg.judge.backend, cfg.judge.model, cfg.judge.base_url = "openai", "m", "http://127.0.0.1:9/v1"
+    cfg.judge.reference_template = "reference-guided-dual-score"
+    pool = JudgePool(cfg)
+    try:
+        backend = _Scripted(["9 2", "2 9", "7 7", "7 7", "8 3", "3 8"])
+        pool.model_judge.backend = backend
+        math = _battle("42", "41", "42").model_copy(update={"category": "math"})
+        essay = _battle("A poem", "Another poem", None).model_copy(update={"category": "writing"})
+        writing_with_ref = _battle("x", "y", "x").model_copy(update={"category": "writing"})
+        verdicts = pool.judge_many([math, essay, writing_with_ref])
+    finally:
+        pool.close()
+    prompts = [r.messages[0]["content"] for r in backend.requests]
+    assert "Reference Answer" in prompts[0] and "Reference Answer" in prompts[1]
+    assert not any("Reference Answer" in p for p in prompts[2:])  # no reference / not a reference category
+    assert [v.judge.template_id for v in verdicts] == ["reference-guided-dual-score", "wizardarena-dual-score",
+                                                       "wizardarena-dual-score"]
+    assert verdicts[0].winner == "model_a" and verdicts[0].judge.judge_id != verdicts[1].judge.judge_id
+    cfg.judge.reference_template = "reference-guided-pairwise-abc"  # labels with a score template
+    with pytest.raises(UsageError, match="reference-guided-dual-score"):
+        JudgePool(cfg)
+    cfg.judge.reference_template = "wizardarena-dual-score"  # shows no reference
+    with pytest.raises(UsageError, match="must show"):
+        JudgePool(cfg)

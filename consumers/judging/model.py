@@ -15,7 +15,7 @@ from consumers.backends.base import Backend, GenerationRequest
 
 from .parse import parse_scores
 from .policies import parse_preference
-from .protocol import orders_for, score_game, shown
+from .protocol import orders_for, references, score_game, shown
 from .templates import Template
 
 
@@ -62,21 +62,33 @@ def ask(backend: Backend, prompts: dict[Hashable, str], parse: Callable[[str], A
 
 class ModelJudge:
     def __init__(self, backend: Backend, template: Template, *, labels: bool = False, max_new_tokens: int = 512,
-                 temperature: float = 0.0, max_parse_retries: int = 2, games: int = 2):
+                 temperature: float = 0.0, max_parse_retries: int = 2, games: int = 2,
+                 reference_template: Template | None = None, reference_categories: tuple[str, ...] = ()):
         self.backend = backend
         self.n_games = games
         self.template = template
+        self.reference_template = reference_template
+        self.reference_categories = set(reference_categories)
         self.labels = labels  # arena-hard style [[A>>B]] labels instead of two scores
         self.max_new_tokens = max_new_tokens
         self.temperature = temperature
         self.max_parse_retries = max_parse_retries
 
+    def template_for(self, battle: Battle) -> Template:
+        """The reference-guided template for a battle with a reference in one of the reference categories
+        (all categories when none are configured), else the template."""
+        if self.reference_template and references(battle) and (
+                not self.reference_categories or battle.category in self.reference_categories):
+            return self.reference_template
+        return self.template
+
     def _prompt(self, battle: Battle, order: str) -> str:
         first_turns, second_turns = shown(battle, order)
         q, first = conversation(battle, first_turns)
         _, second = conversation(battle, second_turns)
-        refs = battle.references or ([battle.reference] if battle.reference else [])
-        return self.template.render(q, first, second, reference=refs[0] if refs else "")
+        refs = references(battle)
+        reference = refs[0] if len(refs) == 1 else "\n\n".join(f"[Turn {k}] {r}" for k, r in enumerate(refs, 1))
+        return self.template_for(battle).render(q, first, second, reference=reference)
 
     def _parse(self, raw: str):
         """A label ("A>B"...) or the two scores in the order shown; None when the text does not parse."""

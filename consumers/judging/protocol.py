@@ -32,6 +32,11 @@ def shown(battle: Battle, order: str) -> tuple[list[str], list[str]]:
     return (a, b) if order == "ab" else (b, a)
 
 
+def references(battle: Battle) -> list[str]:
+    """The instruction's reference answers: one per turn when recorded so, else the one reference."""
+    return list(battle.references or ([battle.reference] if battle.reference else []))
+
+
 def score_game(order: str, raw: str, attempts: int = 1) -> Game:
     """A game from dual-score text; the two scores (in the order shown) mapped back to a and b."""
     scores = parse_scores(raw)

@@ -9,6 +9,7 @@ import difflib
 import re
 
 from arena_flywheel.events import Battle
+from consumers.judging.protocol import references
 
 _NUMBER = re.compile(r"-?\d+(?:,\d{3})*(?:\.\d+)?")
 
@@ -22,11 +23,11 @@ def _last_number(s: str) -> float | None:
     return float(nums[-1].replace(",", "")) if nums else None
 
 
-def reference_score(answer: str, references: list[str]) -> float:
+def reference_score(answer: str, refs: list[str]) -> float:
     """1-10: 10 for a normalised exact match, 9 when the final number matches a numeric reference,
     else 1 + 8 * best difflib ratio (rounded to one decimal)."""
     best = 1.0
-    for ref in references:
+    for ref in refs:
         if _norm(answer) == _norm(ref):
             return 10.0
         r_num, a_num = _last_number(ref), _last_number(answer)
@@ -37,13 +38,9 @@ def reference_score(answer: str, references: list[str]) -> float:
     return best
 
 
-def _refs(battle: Battle) -> list[str]:
-    return list(battle.references or ([battle.reference] if battle.reference else []))
-
-
 def reference_judge(battle: Battle, first: str, second: str) -> str:
     """Judge text for one game: first and second are the answers in the order shown."""
-    refs = _refs(battle)
+    refs = references(battle)
     if not refs:
         return "The instruction has no reference answer; the reference judge cannot score it."
     s1, s2 = reference_score(first, refs), reference_score(second, refs)
