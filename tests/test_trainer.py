@@ -231,6 +231,7 @@ def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_pa
     ck = [k for k in read_checkpoints(c) if k.model == "target"]
     assert [(k.checkpoint, k.iteration, k.stage, k.parent) for k in ck] == [("it1-sft", 1, "sft", "base")]
     assert ck[0].metrics["failures_used"] == 4 and ck[0].dataset_hash
+    assert len(ck[0].metrics["failure_ids"]) == 4  # what trained it, for trainer.accumulate after a restart
 
     # a restarted service knows iteration 1 is done: the same failures (of base), delivered again,
     # never count again
@@ -405,3 +406,39 @@ def test_accumulate_keeps_earlier_rounds_and_the_newest_record():
     newer = failure(2, margin=5.0, target_ckpt="it1-sft")
     r2 = with_earlier([newer, failure(3, target_ckpt="it1-sft")], used)
     assert len(r2) == 3 and newer in r2 and failure(2) not in r2  # one record per instruction, newest wins
+
+
+def test_a_restarted_service_restores_accumulated_failures_from_topic_and_ledger(cfg, tmp_path, caplog):
+    """trainer.accumulate after a restart: the failures the current checkpoint trained on come back from
+    the failures topic, and from the SQL ledger for one the topic lost; one found nowhere is reported."""
+    import logging
+
+    from arena_flywheel.events import Checkpoint
+    from consumers.ledger import LedgerStore
+    from trainer.service import TrainerService
+
+    c = cfg.model_copy(deep=True)
+    c.trainer.accumulate = True
+    c.arena.targets = ["target"]
+    on_topic, in_ledger, lost = [failure(1), failure(2)], failure(3), failure(4)
+    store = LedgerStore(c.db.url)
+    store.write([in_ledger])
+    store.close()
+    ck = Checkpoint(model="target", checkpoint="it1-sft", path=str(tmp_path), iteration=1, stage="sft",
+                    metrics={"failure_ids": sorted(f.id for f in [*on_topic, in_ledger, lost])})
+    _publish(c, [*on_topic, ck])
+    caplog.set_level(logging.INFO, logger="trainer.service")
+    svc = TrainerService(c, poll_timeout_ms=200).start()
+    try:
+        st = svc.state("target")
+        assert st.checkpoint == "it1-sft"
+        assert {i: f.id for i, f in st.used.items()} == {f.instruction_id: f.id for f in [*on_topic, in_ledger]}
+    finally:
+        svc.close()
+    assert "restored 3 of the 4 failures" in caplog.text and "1 failures it1-sft trained on" in caplog.text
+    c.trainer.accumulate = False  # without accumulate nothing is read back
+    plain = TrainerService(c, poll_timeout_ms=200).start()
+    try:
+        assert plain.state("target").used == {}
+    finally:
+        plain.close()

@@ -51,6 +51,7 @@ class TargetState:
     iteration: int = 0  # last trained iteration
     failures: dict[str, Failure] = field(default_factory=dict)  # instruction id -> latest failure
     used: dict[str, Failure] = field(default_factory=dict)  # trainer.accumulate: earlier rounds' selections
+    used_ids: list[str] = field(default_factory=list)  # the failure ids the current checkpoint trained on
 
     def current(self) -> list[Failure]:
         return [f for f in self.failures.values() if f.target_checkpoint == self.checkpoint]
@@ -81,6 +82,7 @@ class TrainerService:
             return self
         self._pub = Publisher(self.cfg)
         self.refresh_checkpoints()
+        self.restore_used()
         self._consumer = make_consumer(self.cfg, [self.cfg.topic("failures")], group_id(self.cfg))
         self._join()
         return self
@@ -132,6 +134,29 @@ class TrainerService:
             st = self.state(ev.model)
             if ev.iteration >= st.iteration:  # the latest iteration's last stage is what the pool serves
                 st.checkpoint, st.path, st.iteration = ev.checkpoint, ev.path, ev.iteration
+                st.used_ids = list(ev.metrics.get("failure_ids") or [])
+
+    def restore_used(self) -> None:
+        """trainer.accumulate after a restart: the failures the current checkpoints trained on (their ids
+        are in the checkpoint's metrics; with accumulate that is every earlier round's), read back from
+        the failures topic, and from the SQL ledger for any the topic no longer has (a broker restart)."""
+        todo = {t: st for t, st in self.targets.items() if st.used_ids and not st.used}
+        if not self.cfg.trainer.accumulate or not todo:
+            return
+        wanted = {i for st in todo.values() for i in st.used_ids}
+        found = {f.id: f for f in read_failure_events(self.cfg) if f.id in wanted}
+        missing = wanted - found.keys()
+        if missing:
+            found.update({f.id: f for f in _ledger_failures(self.cfg, missing)})
+        for st in todo.values():
+            got = [found[i] for i in st.used_ids if i in found]
+            st.used = {f.instruction_id: f for f in got}
+            log.info("%s: trainer.accumulate restored %d of the %d failures %s trained on", st.name, len(got),
+                     len(st.used_ids), st.checkpoint)
+            if len(got) < len(st.used_ids):
+                log.warning("%s: %d failures %s trained on are on neither the failures topic nor the ledger "
+                            "(%s); the next round accumulates without them", st.name,
+                            len(st.used_ids) - len(got), st.checkpoint, self.cfg.db.url)
 
     def add(self, f: Failure) -> None:
         if self.wanted(f.target):
@@ -236,6 +261,23 @@ def read_failure_events(cfg: Config, timeout_s: float = 10.0) -> list[Failure]:
         return out
     finally:
         c.close(autocommit=False)
+
+
+def _ledger_failures(cfg: Config, ids: set[str]) -> list[Failure]:
+    """Failures with these ids from the SQL ledger; none when there is no ledger to read."""
+    from consumers.ledger import LedgerStore
+
+    try:
+        store = LedgerStore(cfg.db.url, create=False)
+    except (FileNotFoundError, ValueError):
+        return []
+    try:
+        return store.events("failure", id=sorted(ids))
+    except Exception as exc:  # noqa: BLE001 - an unreachable or older ledger: restore what the topic had
+        log.warning("trainer: cannot read failures from the ledger %s: %s", cfg.db.url, exc)
+        return []
+    finally:
+        store.close()
 
 
 # ---------------------------------------------------------------------- CLI: arena train

@@ -283,6 +283,8 @@ def train_iteration(cfg: Config, *, model_path: str, failures: list[Failure], it
         ev = Checkpoint(model=target, checkpoint=name, path=str(out.resolve()), iteration=iteration, stage=stage,
                         parent=current_name, dataset_hash=info["dataset_hash"],
                         metrics={"train_loss": loss, "failures_used": len(failures), "examples": len(rows),
+                                 # what trained it, so a restarted service can rebuild trainer.accumulate
+                                 "failure_ids": sorted(f.id for f in failures),
                                  "algorithm": cfg.trainer.rl_algorithm if stage == "rl" else stage,
                                  "lora": cfg.trainer.lora,
                                  **({"mean_reward": info.get("mean_reward")} if stage == "rl" else {})})
