@@ -179,11 +179,12 @@ def _replay_judge(jc):
     """A ReplayJudge over judge.model's recordings, and the JudgeInfo that names it: the recorded judges
     as the model, the recordings' content hash as the template hash (other recordings, other judge)."""
     from arena_flywheel.cli import UsageError
+    from consumers.backends.base import BackendError
     from consumers.judging.replay import RecordedJudgments, RecordingError, ReplayJudge
 
     try:
         rec = RecordedJudgments(jc.model, jc.recorded_answers)
-    except RecordingError as exc:
+    except (RecordingError, BackendError) as exc:  # BackendError: a file that is not JSON
         raise UsageError(f"judge replay: {exc}") from None
     if jc.policy == "score-sum" and not rec.kinds["scores"]:
         raise UsageError(f"judge replay: the recordings in {jc.model!r} state verdict labels, not scores; "

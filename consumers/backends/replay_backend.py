@@ -87,7 +87,7 @@ def parse_record(rec: dict) -> tuple[list[str], RecordedAnswer] | None:
     return keys, RecordedAnswer(turns, tokens, model, prompt)
 
 
-def _records(path: Path) -> Iterable[tuple[int, dict]]:
+def read_records(path: Path) -> Iterable[tuple[int, dict]]:
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if path.suffix == ".json" or stripped.startswith("["):
@@ -114,7 +114,7 @@ def _records(path: Path) -> Iterable[tuple[int, dict]]:
 def _question_texts(path: Path) -> dict[str, str]:
     """question id -> first-turn text, from a FastChat / arena-hard question file."""
     out: dict[str, str] = {}
-    for _, rec in _records(path):
+    for _, rec in read_records(path):
         qid = rec.get("question_id", rec.get("uid"))
         text = rec.get("text") or rec.get("prompt") or rec.get("instruction")
         if text is None and isinstance(rec.get("turns"), list) and rec["turns"]:
@@ -146,7 +146,7 @@ class ReplayBackend:
         by_text: dict[str, RecordedAnswer] = {}
         n = 0
         for f in files:
-            for _, rec in _records(f):
+            for _, rec in read_records(f):
                 parsed = parse_record(rec)
                 if parsed is None:
                     continue

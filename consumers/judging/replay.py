@@ -22,12 +22,11 @@ folder beside the recordings or up to two levels above them (the layouts FastCha
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from arena_flywheel.events import Battle, Game
-from consumers.backends.replay_backend import normalize_text, parse_record
+from consumers.backends.replay_backend import normalize_text, parse_record, read_records
 
 from .policies import parse_preference
 from .protocol import BOTH, one_order, score_game, shown
@@ -48,18 +47,6 @@ def answers_key(first: list[str], second: list[str]) -> str:
     def side(turns):
         return "\x1e".join(normalize_text(t) for t in turns)
     return hashlib.sha256(f"{side(first)}\x1d{side(second)}".encode()).hexdigest()
-
-
-def _jsonl(path: Path):
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise RecordingError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-        if isinstance(rec, dict):
-            yield i, rec
 
 
 def _files(p: Path) -> list[Path]:
@@ -85,7 +72,7 @@ class RecordedJudgments:
         records = []
         for f in files:
             digest.update(f.read_bytes())
-            records.extend((f, i, rec) for i, rec in _jsonl(f) if _kind(rec))
+            records.extend((f, i, rec) for i, rec in read_records(f) if _kind(rec))
         self.sha256 = digest.hexdigest()
         if not records:
             raise RecordingError(f"no recorded judgments in {path!r}: expected FastChat vicuna-eval reviews "
@@ -157,7 +144,7 @@ def _load_answers(d: Path | None) -> tuple[dict[str, list[str]], dict[tuple[str,
     if d is None:
         return by_id, by_model
     for f in _files(d):
-        for _, rec in _jsonl(f):
+        for _, rec in read_records(f):
             parsed = parse_record(rec)  # the replay generation backend's reader: same formats
             if parsed is None:
                 continue
