@@ -192,6 +192,14 @@ def _replay_judge(jc):
     if jc.policy == "arena-hard" and not rec.kinds["labels"]:
         raise UsageError(f"judge replay: the recordings in {jc.model!r} state scores, not [[A>>B]] labels; "
                          "use judge.policy = \"score-sum\" or \"fastchat\"")
+    single = rec.single_order()
+    if jc.games == 2 and single == len(rec.games):
+        raise UsageError(f"judge replay: every recorded judgment in {jc.model!r} has one order only, so no battle "
+                         "can be replayed in two games; set judge.games = 1 (position bias then averages out "
+                         "over battles instead of cancelling per battle)")
+    if jc.games == 2 and single:
+        log.warning("replay judge: %d of %d recorded games have no swapped recording; their battles will be "
+                    "invalid with judge.games = 2", single, len(rec.games))
     judges = sorted(rec.judges)
     model = "+".join(judges[:3]) + (f"+{len(judges) - 3} more" if len(judges) > 3 else "")
     log.info("replay judge: %d recorded games from %s (%d unresolved, %d conflicting)", len(rec.games),

@@ -377,6 +377,7 @@ def test_replay_loads_every_real_vicuna_review():
 
     rec = RecordedJudgments(str(shared_data("vicuna_eval_2023/review")))  # answers found in ../answer
     assert len(rec.games) == 1040 and rec.unresolved == 0 and rec.conflicts == 0
+    assert rec.single_order() == 1040  # answer 1 was always shown first: no game has its swap recorded
     assert rec.kinds == {"scores": 1040, "labels": 0} and "gpt-4-0328-generic" in rec.judges
 
 
@@ -467,7 +468,7 @@ def test_replay_mt_bench_pairwise_judgments_play_both_games(tmp_path):
 
     path, turns = _mt_bench_recordings(tmp_path)
     rec = RecordedJudgments(str(path))  # answers found in ../model_answer
-    assert len(rec.games) == 4 and rec.kinds == {"scores": 0, "labels": 4}
+    assert len(rec.games) == 4 and rec.kinds == {"scores": 0, "labels": 4} and rec.single_order() == 0
 
     def battle(n_turns):
         users = [Message(role="user", content="Capital of France?"), Message(role="user", content="Population?")]
@@ -502,6 +503,10 @@ def test_replay_config_errors_are_one_line(cfg, tmp_path):
     cfg.judge.model, cfg.judge.recorded_answers = str(tmp_path / "other.jsonl"), None
     with pytest.raises(UsageError, match="no recorded judgments"):
         JudgePool(cfg)
+    review = shared_data("vicuna_eval_2023/review/vicuna-7b_20230322-fp16/review_bard_vicuna-7b.jsonl")
+    cfg.judge.model = str(review)  # one order only, with the default two games: every verdict would be invalid
+    with pytest.raises(UsageError, match="set judge.games = 1"):
+        JudgePool(cfg)  # (last: skips where ../shared/data is absent)
 
 
 def test_replayed_vicuna_eval_orders_models_as_the_human_arena():

@@ -67,6 +67,7 @@ class RecordedJudgments:
         self.kinds = {"scores": 0, "labels": 0}
         self.unresolved = 0  # recorded games whose answers were not found in the answer files
         self.conflicts = 0  # the same answers in the same order recorded twice with different text
+        self._swapped: dict[str, str] = {}  # key of a recorded game -> key of the same answers swapped
         files = _files(p)
         digest = hashlib.sha256()
         records = []
@@ -107,8 +108,13 @@ class RecordedJudgments:
             self.conflicts += 1  # keep the first: a replay must not depend on which file was read last
             return
         self.games[key] = Recording(raw, judge, src)
+        self._swapped[key] = answers_key(second, first)
         self.judges.add(judge)
         self.kinds["labels" if parse_preference(raw) else "scores"] += 1
+
+    def single_order(self) -> int:
+        """Recorded games whose swapped order has no recording (they cannot be replayed in two games)."""
+        return sum(1 for swapped in self._swapped.values() if swapped not in self.games)
 
     def lookup(self, battle: Battle, order: str) -> Recording | None:
         return self.games.get(answers_key(*shown(battle, order)))
