@@ -442,6 +442,8 @@ def leaderboard(counts: PairCounts, *, ci: str = "bootstrap", rounds: int = 100,
                 anchor_rating: float | None = None, warm: dict[str, float] | None = None) -> list[Row]:
     """Rows sorted by rating (desc): BT rating, 95% CI (bootstrap percentiles, sandwich, or none:
     lower = upper = rating), FastChat rank, battle counts and win rate."""
+    if counts.models != sorted(counts.models):
+        counts = counts.sorted()  # CIs must not depend on the order the battles arrived in
     models = counts.models
     if not models:
         return []
@@ -505,7 +507,7 @@ def ratings_from_config(cfg_ratings) -> dict[str, Any]:
 def leaderboard_from_battles(rows: Iterable[tuple[str, str, str]], cfg_ratings, **overrides) -> list[Row]:
     """The configured leaderboard (cfg.ratings; bootstrap CIs) of (model_a, model_b, winner) rows, e.g.
     the ledger's verdicts: what the demo, `arena watch`, `arena report` and `arena iterations` show."""
-    return leaderboard(PairCounts.from_battles(rows).sorted(), **{**ratings_from_config(cfg_ratings), **overrides})
+    return leaderboard(PairCounts.from_battles(rows), **{**ratings_from_config(cfg_ratings), **overrides})
 
 
 # ------------------------------------------------------------------------------------------ style control

@@ -192,10 +192,10 @@ def render(rows: list[Row], fmt: str) -> str:
 def run(args, cfg) -> int:
     if args.from_ledger:
         split = args.split or "eval"
-        counts = PairCounts.from_battles(ledger_verdicts(cfg.db.url, split)).sorted()
+        counts = PairCounts.from_battles(ledger_verdicts(cfg.db.url, split))
         source = f"{cfg.db.url} ({split} split)"
     else:
-        counts = counts_from_file(args.battles, cfg.judge.tie_margin, args.split).sorted()
+        counts = counts_from_file(args.battles, cfg.judge.tie_margin, args.split)
         source = args.battles
     if not counts.models:
         raise UsageError(f"{source}: no rated battles (all invalid, or none in split {args.split!r})")

@@ -382,5 +382,7 @@ def test_the_same_battles_in_any_order_give_the_same_leaderboard():
     first = [r.as_dict() for r in leaderboard_from_battles(rows, RatingsConfig())]
     again = [r.as_dict() for r in leaderboard_from_battles(shuffled, RatingsConfig())]
     assert first == again
+    assert [r.as_dict() for r in leaderboard(PairCounts.from_battles(shuffled))] == \
+        [r.as_dict() for r in leaderboard(PairCounts.from_battles(rows))]  # the stream's refits too
     c = PairCounts.from_battles(shuffled)
     assert c.sorted().models == sorted(c.models) and fit_bt(c.sorted()) == pytest.approx(fit_bt(c))
