@@ -171,15 +171,17 @@ class ReplayJudge:
         self.rec = recordings
         self.n_games = games
 
-    def _orders(self, battle: Battle) -> tuple[str, ...]:
+    def _battle_games(self, battle: Battle) -> list[Game]:
+        found = {o: self.rec.lookup(battle, o) for o in BOTH}  # each key hashes both answers: once per order
         if self.n_games == 2:
-            return BOTH
-        recorded = [o for o in BOTH if self.rec.lookup(battle, o)]
-        # single-order recordings decide the order; otherwise the protocol's stable pick
-        return (recorded[0],) if len(recorded) == 1 else (one_order(battle.id),)
+            orders = BOTH
+        else:  # single-order recordings decide the order; otherwise the protocol's stable pick
+            recorded = [o for o in BOTH if found[o]]
+            orders = (recorded[0],) if len(recorded) == 1 else (one_order(battle.id),)
+        return [self._game(battle, o, found[o]) for o in orders]
 
-    def _game(self, battle: Battle, order: str) -> Game:
-        r = self.rec.lookup(battle, order)
+    @staticmethod
+    def _game(battle: Battle, order: str, r: Recording | None) -> Game:
         if r is None:
             first = battle.a.model if order == "ab" else battle.b.model
             return Game(order=order, error=f"no recorded judgment of these answers with {first}'s shown first")
@@ -190,7 +192,7 @@ class ReplayJudge:
         return game.model_copy(update={"error": "unparseable recorded judgment"}) if game.error else game
 
     def games(self, battles: list[Battle]) -> list[list[Game]]:
-        return [[self._game(b, o) for o in self._orders(b)] for b in battles]
+        return [self._battle_games(b) for b in battles]
 
     def close(self) -> None:
         pass
