@@ -134,6 +134,22 @@ class Publisher:
         self.close()
 
 
+class IdleTimer:
+    """`--max-idle S` for a group consumer's loop: S seconds with nothing new, counted only once the group
+    has given the consumer partitions (joining a group on Tansu takes seconds and is not idleness)."""
+
+    def __init__(self, max_idle_s: float | None):
+        self.max_idle_s = max_idle_s
+        self.since = time.monotonic()
+
+    def expired(self, consumer, progressed: bool) -> bool:
+        now = time.monotonic()
+        if progressed or not consumer.assignment():
+            self.since = now
+            return False
+        return self.max_idle_s is not None and now - self.since > self.max_idle_s
+
+
 def make_consumer(cfg: Config, topics: list[str] | None, group_id: str | None, *,
                   auto_offset_reset: str = "earliest", **overrides):
     """A kafka-python consumer with settings that join groups quickly on Tansu and are safe on Kafka.

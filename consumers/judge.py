@@ -14,11 +14,10 @@ import hashlib
 import json
 import logging
 import threading
-import time
 
 from arena_flywheel.config import Config
 from arena_flywheel.events import BadEvent, Battle, JudgeInfo, Verdict, decode
-from arena_flywheel.kafka import Publisher, ensure_topics, make_consumer
+from arena_flywheel.kafka import IdleTimer, Publisher, ensure_topics, make_consumer
 from consumers.judging.health import JudgeHealth
 from consumers.judging.policies import POLICIES
 from consumers.judging.protocol import orders_for, play_games
@@ -115,12 +114,10 @@ class JudgePool:
         return len(records)
 
     def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> dict:
-        idle_since = time.monotonic()
+        idle = IdleTimer(max_idle_s)
         try:
             while not (stop_event and stop_event.is_set()):
-                if self.poll_once() or not self._consumer.assignment():  # still joining: not idle yet
-                    idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                if idle.expired(self._consumer, self.poll_once() > 0):
                     break
         finally:
             self.close()

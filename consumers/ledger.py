@@ -460,16 +460,16 @@ class Ledger:
     def run(self, stop_event: threading.Event | None = None, poll_timeout_ms: int = 200,
             max_idle_s: float | None = None) -> None:
         """Sink until stopped, or until no record has arrived for `max_idle_s` seconds (scripts, CI)."""
+        from arena_flywheel.kafka import IdleTimer
+
         stop_event = stop_event or threading.Event()
         self.start()
-        idle_since = time.monotonic()
+        idle = IdleTimer(max_idle_s)
         try:
             while not stop_event.is_set():
                 before = self.records
                 self.poll_once(poll_timeout_ms)
-                if self.records != before or not self.consumer.assignment():  # joining: not idle yet
-                    idle_since = time.monotonic()
-                elif max_idle_s is not None and time.monotonic() - idle_since > max_idle_s:
+                if idle.expired(self.consumer, self.records != before):
                     break
         finally:
             self.close()
