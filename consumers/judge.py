@@ -144,13 +144,14 @@ def _model_judge(jc):
     from consumers.judging.model import ModelJudge
     from consumers.judging.templates import load_template
 
-    try:
-        template = load_template(jc.template)
-        ref_template = load_template(jc.reference_template) if jc.reference_template else None
-    except KeyError as exc:
-        key = "judge.reference_template" if jc.reference_template and jc.reference_template in str(exc) else \
-            "judge.template"
-        raise UsageError(f"{key}: {exc.args[0]}") from None
+    def load(key: str, name: str):
+        try:
+            return load_template(name)
+        except KeyError as exc:
+            raise UsageError(f"judge.{key}: {exc.args[0]}") from None
+
+    template = load("template", jc.template)
+    ref_template = load("reference_template", jc.reference_template) if jc.reference_template else None
     labels = "[[" in template.text  # the template asks for a verdict label rather than two scores
     if (jc.policy == "arena-hard" and not labels) or (jc.policy == "score-sum" and labels):
         raise UsageError(f"judge.policy {jc.policy!r} and judge.template {jc.template!r} do not match: "
