@@ -15,11 +15,12 @@ import subprocess
 import sys
 import time
 
+from .errors import BrokerError
+from .kafka import ensure_topics
+
+__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "kafka_for"]
+
 log = logging.getLogger(__name__)
-
-
-class BrokerError(RuntimeError):
-    """The embedded broker could not be found or started (message is for the user)."""
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -133,8 +134,6 @@ def kafka_for(cfg):
 
     The yielded flag `embedded` tells callers that topics vanish when the block ends.
     """
-    from .kafka import ensure_topics
-
     if cfg.kafka.bootstrap_servers:
         ensure_topics(cfg)
         yield cfg, False

@@ -12,9 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration problem, worded for the user (one line)."""
+__all__ = ["Config", "ConfigError", "load_config"]
 
 
 class Section(BaseModel):
@@ -125,14 +125,16 @@ class RatingsConfig(Section):
     bootstrap_rounds: int = Field(100, ge=0)
     anchor_model: str | None = None
     anchor_rating: float = 1000.0
-    failure_margin: float = Field(1.0, ge=0, description="target loses by at least this score margin -> Failure")
     refresh_s: float = Field(1.0, gt=0)
 
 
 class TrainerConfig(Section):
     output_dir: str = "arena-data/checkpoints"
     stages: list[Literal["sft", "dpo", "reward", "rl"]] = ["sft"]
-    threshold_schedule: list[float] = Field(default_factory=lambda: [3.0, 2.0, 1.0])
+    threshold_schedule: list[float] = Field(
+        default_factory=lambda: [3.0, 2.0, 1.0], min_length=1,
+        description="iteration N trains on failures lost by >= entry N (the last repeats); the smallest entry "
+                    "is also the margin at which the stream records a Failure")
     batch_size: int = Field(64, ge=1, description="failures that close a training round")
     accumulate: bool = Field(False, description="train each iteration on its own selection plus the failures "
                              "selected in earlier iterations (latest record per instruction): steadier gains "
@@ -162,6 +164,17 @@ class Config(Section):
 
     def topic(self, name: str) -> str:
         return f"{self.kafka.topic_prefix}{name}"
+
+    def threshold_for(self, iteration: int) -> float:
+        """The margin iteration N (1-based) selects failures by: the paper's schedule, 3 -> 2 -> 1."""
+        s = self.trainer.threshold_schedule
+        return float(s[min(max(iteration, 1) - 1, len(s) - 1)])
+
+    @property
+    def failure_margin(self) -> float:
+        """The stream records a Failure when a target loses by at least this: the smallest threshold any
+        iteration selects by, so one schedule is the single source of the margin."""
+        return float(min(self.trainer.threshold_schedule))
 
 
 # Environment variable -> dotted key. Documented in docs/configuration.md.
@@ -197,6 +210,11 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
+# Keys that existed once: say what replaced them instead of "unknown key".
+_REMOVED = {"ratings.failure_margin": "removed: the stream records a Failure at min(trainer.threshold_schedule), "
+                                      "the one schedule the trainer selects by; set that instead"}
+
+
 def _one_line(err: ValidationError, source: str) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
@@ -204,7 +222,7 @@ def _one_line(err: ValidationError, source: str) -> str:
     example = _EXAMPLES.get(example_key)
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
-        msg = "unknown key (check the spelling; docs/configuration.md lists every key)"
+        msg = _REMOVED.get(key, "unknown key (check the spelling; docs/configuration.md lists every key)")
     got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
     hint = f"; e.g. {example_key} = {example}" if example else ""
     more = f" [and {len(err.errors()) - 1} more]" if len(err.errors()) > 1 else ""

@@ -1,4 +1,4 @@
-"""`arena consistency`: how well a benchmark leaderboard agrees with a human arena leaderboard.
+"""How well a benchmark leaderboard agrees with a human arena leaderboard.
 
 Metrics follow arena-hard-auto (arXiv 2406.11939): a pair of models is "separable" when their 95% confidence
 intervals do not overlap. Agreement with confidence scores each benchmark-separable pair +1 when the reference
@@ -20,12 +20,13 @@ from pathlib import Path
 
 from scipy import stats
 
-from arena_flywheel.cli import UsageError
+from .errors import InputError
+
 
 
 def _read_rows(path: Path) -> list[dict]:
     if not path.exists():
-        raise UsageError(f"{path}: no such file")
+        raise InputError(f"{path}: no such file")
     text = path.read_text()
     if path.suffix == ".csv":
         return list(csv.DictReader(text.splitlines()))
@@ -44,7 +45,7 @@ def load_board(path: Path, score_keys=("score", "rating")) -> dict[str, dict]:
     for row in _read_rows(Path(path)):
         key = next((k for k in score_keys if row.get(k) not in (None, "")), None)
         if "model" not in row or key is None:
-            raise UsageError(f"{path}: every row needs `model` and one of {', '.join(score_keys)}")
+            raise InputError(f"{path}: every row needs `model` and one of {', '.join(score_keys)}")
         score = float(row[key])
         lower = row.get("lower", row.get("rating_q025"))
         upper = row.get("upper", row.get("rating_q975"))
@@ -80,10 +81,10 @@ def compute(bench: dict, ref: dict, name_map: dict[str, str]) -> dict:
             parts.append("not in benchmark: " + ", ".join(missing_b))
         if missing_r:
             parts.append("not in reference: " + ", ".join(missing_r))
-        raise UsageError("name map names missing models (" + "; ".join(parts) + ")")
+        raise InputError("name map names missing models (" + "; ".join(parts) + ")")
     models = list(name_map)
     if len(models) < 2:
-        raise UsageError("name map must pair at least two models")
+        raise InputError("name map must pair at least two models")
     sep = agree = strict = 0
     brier = logloss = 0.0
     pairs = list(itertools.combinations(models, 2))
@@ -120,33 +121,3 @@ def compute(bench: dict, ref: dict, name_map: dict[str, str]) -> dict:
         "log_loss": logloss / n,
         "consistency_percent": 100.0 * agreement,
     }
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("--benchmark", required=True, type=Path, help="benchmark leaderboard (CSV/JSONL/JSON)")
-    parser.add_argument("--reference", required=True, type=Path, help="human arena leaderboard CSV")
-    parser.add_argument("--name-map", required=True, type=Path, help="JSON {benchmark name: reference name}")
-    parser.add_argument("--format", choices=("table", "json"), default="table")
-
-
-def run(args, cfg) -> int:
-    try:
-        name_map = json.loads(Path(args.name_map).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"--name-map {args.name_map}: {exc}") from None
-    if not isinstance(name_map, dict):
-        raise UsageError("--name-map must be a JSON object {benchmark name: reference name}")
-    result = compute(load_board(args.benchmark), load_board(args.reference, ("rating", "score")), name_map)
-    if args.format == "json":
-        print(json.dumps(result, indent=2))
-        return 0
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title="benchmark vs reference")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
-    return 0

@@ -48,6 +48,27 @@ class Message(BaseModel):
     content: str
 
 
+def chat(messages: list[Message], answers: list[str], turns: int | None = None) -> list[dict[str, str]]:
+    """The chat of a conversation with `answers` in place of its assistant messages: system messages, then
+    each user turn followed by answers[k] when there is one, up to `turns` user turns (default: as many as
+    there are answers). Generation asks for turn k with answers[:k] and turns=k + 1; training rows pair
+    every user turn with an answer."""
+    turns = len(answers) if turns is None else turns
+    out: list[dict[str, str]] = []
+    k = 0
+    for m in messages:
+        if m.role == "system":
+            out.append({"role": "system", "content": m.content})
+        elif m.role == "user":
+            if k >= turns:
+                break
+            out.append({"role": "user", "content": m.content})
+            if k < len(answers):
+                out.append({"role": "assistant", "content": answers[k]})
+            k += 1
+    return out
+
+
 class Event(BaseModel):
     """Base of every event. Subclasses set SCHEMA, TOPIC and implement identity()/kafka_key()."""
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .config import Config
-from .events import DeadLetter, Event, Instruction
+from .events import BadEvent, Checkpoint, DeadLetter, Event, Instruction, decode
 
 log = logging.getLogger(__name__)
 
@@ -135,16 +135,19 @@ class Publisher:
 
 
 class IdleTimer:
-    """`--max-idle S` for a group consumer's loop: S seconds with nothing new, counted only once the group
-    has given the consumer partitions (joining a group on Tansu takes seconds and is not idleness)."""
+    """`--max-idle S` for a group consumer's loop: S seconds with nothing new, counted once the group has
+    given the consumer partitions (joining a group on Tansu takes seconds and is not idleness), or, for a
+    consumer the group gives none (more replicas than partitions), once `grace_s` has passed."""
 
-    def __init__(self, max_idle_s: float | None):
+    def __init__(self, max_idle_s: float | None, grace_s: float = 0.0):
         self.max_idle_s = max_idle_s
-        self.since = time.monotonic()
+        self.start = self.since = time.monotonic()
+        self.grace_s = grace_s
 
-    def expired(self, consumer, progressed: bool) -> bool:
+    def expired(self, assigned: bool, progressed: bool) -> bool:
         now = time.monotonic()
-        if progressed or not consumer.assignment():
+        waiting = not assigned and (not self.grace_s or now - self.start < self.grace_s)
+        if progressed or waiting:
             self.since = now
             return False
         return self.max_idle_s is not None and now - self.since > self.max_idle_s
@@ -176,6 +179,45 @@ def make_consumer(cfg: Config, topics: list[str] | None, group_id: str | None, *
     if topics:
         consumer.subscribe(topics)
     return consumer
+
+
+def read_topic(cfg: Config, name: str, expect: type[Event] | None = None, timeout_s: float = 10.0) -> list[Event]:
+    """Every event on topic `name` (unprefixed) from the beginning to its current end, all partitions,
+    no group (nothing committed), in partition order. Records that do not decode are skipped: the
+    service that consumes the topic dead-letters them."""
+    from kafka import TopicPartition
+
+    topic = cfg.topic(name)
+    c = make_consumer(cfg, None, None)
+    try:
+        parts = None
+        deadline = time.monotonic() + timeout_s
+        while not parts and time.monotonic() < deadline:
+            parts = c.partitions_for_topic(topic)
+            if not parts:
+                time.sleep(0.1)
+        tps = [TopicPartition(topic, p) for p in sorted(parts or [])]
+        if not tps:
+            return []
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        end = c.end_offsets(tps)
+        out: list[Event] = []
+        while any(c.position(tp) < end[tp] for tp in tps) and time.monotonic() < deadline:
+            for recs in c.poll(timeout_ms=200).values():
+                for r in recs:
+                    try:
+                        out.append(decode(r.value, expect))
+                    except BadEvent:
+                        continue
+        return out
+    finally:
+        c.close(autocommit=False)
+
+
+def read_checkpoints(cfg: Config, timeout_s: float = 10.0) -> list[Checkpoint]:
+    """Every Checkpoint event on the checkpoints topic (one partition), in order."""
+    return read_topic(cfg, "checkpoints", Checkpoint, timeout_s)
 
 
 def end_offsets(cfg: Config, topics: list[str]) -> dict:

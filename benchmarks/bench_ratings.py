@@ -27,7 +27,7 @@ from scipy.special import expit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from streams.engine import PairCounts, fit_bt, leaderboard, sandwich_ci  # noqa: E402
+from arena_flywheel.ratings import PairCounts, fit_bt, leaderboard, sandwich_ci  # noqa: E402
 
 
 def synthetic(n_battles: int, n_models: int, seed: int = 0, tie: float = 0.1):

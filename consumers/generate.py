@@ -26,17 +26,15 @@ missing package, bad path) is not retryable and stops the worker: nothing is com
 """
 from __future__ import annotations
 
-import json
 import logging
-import signal
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 from arena_flywheel.config import CompetitorConfig, Config
-from arena_flywheel.events import BadEvent, Checkpoint, Instruction, Response, decode
+from arena_flywheel.events import BadEvent, Checkpoint, Instruction, Response, chat, decode
+from arena_flywheel.consume import Batch, ConsumerLoop, Item, join_all, run_loops
 from arena_flywheel.kafka import Publisher, make_consumer
 from consumers.backends import Backend, BackendError, Completion, GenerationRequest, create_backend
 
@@ -60,19 +58,7 @@ def eval_group(cfg: Config, model: str, checkpoint: str = "base") -> str:
 def conversation(inst: Instruction, answers: list[str], turn: int) -> list[dict[str, str]]:
     """The chat the model sees for user turn `turn` (0-based): system messages, the user turns so far,
     and the model's OWN previous answers in place of any assistant messages the instruction carries."""
-    msgs: list[dict[str, str]] = []
-    k = -1
-    for m in inst.messages:
-        if m.role == "system":
-            msgs.append({"role": "system", "content": m.content})
-        elif m.role == "user":
-            k += 1
-            if k > turn:
-                break
-            if k > 0:
-                msgs.append({"role": "assistant", "content": answers[k - 1]})
-            msgs.append({"role": "user", "content": m.content})
-    return msgs
+    return chat(inst.messages, answers[:turn], turns=turn + 1)
 
 
 @dataclass
@@ -112,15 +98,12 @@ class GenerationPool:
         self.lag: dict[str, int] = {}
         self.partitions: dict[str, list[int]] = {}  # split -> partitions this replica owns
         self._pub: Publisher | None = None
-        self._train = None
-        self._eval = None
+        self._loops: dict[str, ConsumerLoop] = {}  # split -> its consumer loop
         self._ckpt = None
         self._ckpt_tp = None
         self._started = False
         self._t0 = time.monotonic()
         self._last_log = time.monotonic()
-        self._joined_at: float | None = None
-        self._waiting_since = time.monotonic()
         self._stats_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
@@ -133,24 +116,31 @@ class GenerationPool:
         self._pub = Publisher(self.cfg)
         self._open_checkpoints()
         self._catch_up_checkpoints()
+        self._loops = {}
+        if "eval" in self.comp.splits:
+            self._loops["eval"] = self._loop("instructions.eval", eval_group(self.cfg, self.name, self.checkpoint))
         if "train" in self.comp.splits:
-            self._train = make_consumer(self.cfg, [self.cfg.topic("instructions.train")],
-                                        train_group(self.cfg, self.name))
-        self._open_eval()
+            self._loops["train"] = self._loop("instructions.train", train_group(self.cfg, self.name))
         self._started = True
         self._t0 = self._last_log = time.monotonic()
         log.info("generation pool %s started: checkpoint %s, splits %s, backend %s", self.name, self.checkpoint,
                  ",".join(self.comp.splits), getattr(self.backend, "name", "?"))
         return self
 
+    def _loop(self, topic: str, group: str) -> ConsumerLoop:
+        return ConsumerLoop(self.cfg, [self.cfg.topic(topic)], group, self._process, expect=Instruction,
+                            stage=f"generate:{self.name}", publisher=self._pub, max_records=self.comp.batch_size,
+                            poll_timeout_ms=self.poll_timeout_ms)
+
     def close(self) -> None:
-        for c in (self._train, self._eval, self._ckpt):
-            if c is not None:
-                try:
-                    c.close(autocommit=False)
-                except Exception:  # noqa: BLE001 - closing anyway
-                    log.debug("consumer close failed", exc_info=True)
-        self._train = self._eval = self._ckpt = None
+        for lp in self._loops.values():
+            lp.close()
+        if self._ckpt is not None:
+            try:
+                self._ckpt.close(autocommit=False)
+            except Exception:  # noqa: BLE001 - closing anyway
+                log.debug("consumer close failed", exc_info=True)
+            self._ckpt = None
         if self._pub is not None:
             self._pub.close()
             self._pub = None
@@ -164,14 +154,6 @@ class GenerationPool:
 
     def __exit__(self, *exc):
         self.close()
-
-    def _open_eval(self) -> None:
-        if "eval" not in self.comp.splits:
-            return
-        self._eval = make_consumer(self.cfg, [self.cfg.topic("instructions.eval")],
-                                   eval_group(self.cfg, self.name, self.checkpoint), auto_offset_reset="earliest")
-        self._joined_at = None
-        self._waiting_since = time.monotonic()
 
     # ------------------------------------------------------------------ checkpoints
     def _open_checkpoints(self) -> None:
@@ -212,10 +194,11 @@ class GenerationPool:
             if self._hot_plug(ev, startup=True):
                 return
 
-    def _poll_checkpoints(self) -> None:
+    def _poll_checkpoints(self) -> bool:
         found = self._read_checkpoints(0)
         if found:
             self._hot_plug(found[-1])
+        return bool(found)
 
     def _hot_plug(self, ev: Checkpoint, startup: bool = False) -> bool:
         if ev.checkpoint == self.checkpoint and ev.path == self.checkpoint_path:
@@ -237,11 +220,8 @@ class GenerationPool:
         old = self.checkpoint
         self.checkpoint, self.checkpoint_path = ev.checkpoint, ev.path
         self.counters.hot_plugs += 1
-        if self._started and self._eval is not None:
-            self._eval.close(autocommit=False)  # its batches are committed already
-            self._eval = None
-        if self._started:
-            self._open_eval()
+        if "eval" in self._loops:
+            self._loops["eval"].regroup(eval_group(self.cfg, self.name, self.checkpoint))
         log.info("%s: %s checkpoint %s -> %s (%s) in %.1fs; eval split answered again under group %s",
                  self.name, "resumed" if startup else "hot-plugged", old, ev.checkpoint, ev.path,
                  time.monotonic() - t, eval_group(self.cfg, self.name, self.checkpoint))
@@ -252,94 +232,44 @@ class GenerationPool:
         """Poll once (checkpoints, then an eval batch, then a train batch); returns records handled."""
         self.start()
         self._poll_checkpoints()
-        handled = 0
-        consumers = [c for c in (self._eval, self._train) if c is not None]
-        short = max(1, self.poll_timeout_ms // max(1, len(consumers)))
-        joined = self._ensure_joined([c for c in consumers if not c.assignment()])
-        for consumer in consumers:
-            timeout = short if consumer.assignment() or consumer in joined else self._join_timeout_ms()
-            batches = consumer.poll(timeout_ms=timeout, max_records=self.comp.batch_size)
-            records = [r for recs in batches.values() for r in recs]
-            if records:
-                handled += self._process(consumer, records)
-            self._update_lag(consumer)
-        if self._joined_at is None and all(c.assignment() for c in consumers):
-            self._joined_at = time.monotonic()
-        self._maybe_log()
+        loops = list(self._loops.values())
+        join_all(loops)
+        share = max(1, self.poll_timeout_ms // max(1, len(loops)))
+        handled = sum(lp.poll_once(share) for lp in loops)
+        self._after_poll()
         return handled
 
-    def _join_timeout_ms(self) -> int:
-        return self.cfg.kafka.session_timeout_ms + 5000
-
-    def _ensure_joined(self, consumers: list) -> set:
-        """Finish group joins (in parallel) before polling; returns the consumers that were handled.
-
-        kafka-python (3.0) drops a JoinGroup/SyncGroup result that completes between two polls and
-        joins again, and Tansu holds a JoinGroup reply for about half the session timeout, so short
-        polls on a joining consumer can rejoin forever. Joining with the coordinator's own
-        ensure_active_group (long timeout) avoids that without a long, possibly idle, poll. Without
-        that method (another client version) the caller falls back to one long poll.
-        """
-        usable = [c for c in consumers
-                  if callable(getattr(getattr(c, "_coordinator", None), "ensure_active_group", None))]
-
-        def join(c):
-            try:
-                c._coordinator.ensure_active_group(timeout_ms=self._join_timeout_ms())
-            except Exception as exc:  # noqa: BLE001 - the next poll reports real errors
-                log.debug("%s: group join did not finish: %s", self.name, exc)
-
-        if len(usable) == 1:
-            join(usable[0])
-        elif usable:
-            threads = [threading.Thread(target=join, args=(c,), daemon=True) for c in usable]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-        return set(usable)
+    def _after_poll(self) -> None:
+        for name, lp in self._loops.items():
+            self._update_lag(name, lp.consumer)
+        self._maybe_log()
 
     def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> PoolStats:
         """Serve until `stop_event` is set, or (with max_idle_s) until nothing arrived for that long after
         the groups were joined. Closes the pool at the end and returns the counters."""
-        stop_event = stop_event or threading.Event()
-        grace = 3 * self.cfg.kafka.session_timeout_ms / 1000
         try:
             self.start()
-            last = time.monotonic()
-            while not stop_event.is_set():
-                if self.run_once():
-                    last = time.monotonic()
-                elif max_idle_s is not None:
-                    now = time.monotonic()
-                    ready = self._joined_at or (self._waiting_since + grace if now > self._waiting_since + grace
-                                                else None)
-                    if ready is not None and now - max(last, ready) >= max_idle_s:
-                        break
+            run_loops(list(self._loops.values()), stop_event, max_idle_s,
+                      tick=lambda: (self._after_poll(), self._poll_checkpoints())[1])
             return self.counters
         finally:
             self._log_line()
             self.close()
 
     # ------------------------------------------------------------------ one batch
-    def _process(self, consumer, records) -> int:
+    def _process(self, batch: Batch) -> None:
         stage = f"generate:{self.name}@{self.checkpoint}"
-        insts: dict[str, tuple[Instruction, Any]] = {}
-        for rec in records:
-            source = f"{rec.topic}[{rec.partition}]@{rec.offset}"
-            try:
-                inst = decode(rec.value, Instruction)
-            except BadEvent as exc:
-                self.counters.bad_records += 1
-                self._dead_letter(source, exc.reason, rec.value, stage=stage)
-                continue
-            if inst.id in insts:
+        insts: dict[str, Item] = {}
+        self.counters.bad_records += len(batch.dead)
+        self.counters.dead_letters += len(batch.dead)
+        for item in batch.items:
+            if item.event.id in insts:
                 self.counters.duplicates += 1
                 continue
-            insts[inst.id] = (inst, rec)
+            insts[item.event.id] = item
         if insts:
-            results = self._answer([i for i, _ in insts.values()])
-            for iid, (inst, rec) in insts.items():
+            results = self._answer([item.event for item in insts.values()])
+            for iid, item in insts.items():
                 res = results[iid]
                 if isinstance(res, Response):
                     self._pub.send(res)
@@ -347,36 +277,12 @@ class GenerationPool:
                 else:
                     self.counters.errors += 1
                     log.warning("%s: instruction %s dead-lettered: %s", self.name, iid, res)
-                    self._dead_letter(f"{rec.topic}[{rec.partition}]@{rec.offset}", res, rec.value, stage=stage)
+                    self._dead_letter(item.source, res, item.record.value, stage=stage)
         self.counters.batches += 1
-        self._commit(consumer, records)
-        return len(records)
 
-    def _commit(self, consumer, records) -> None:
-        from kafka import TopicPartition
-        from kafka.structs import OffsetAndMetadata
-
-        try:
-            self._pub.flush()
-        except Exception as exc:  # noqa: BLE001 - not acked: read the batch again
-            log.error("%s: publishing failed (%s); the batch will be answered again", self.name, exc)
-            firsts: dict = {}
-            for r in records:
-                tp = TopicPartition(r.topic, r.partition)
-                firsts[tp] = min(firsts.get(tp, r.offset), r.offset)
-            for tp, off in firsts.items():
-                consumer.seek(tp, off)
-            return
-        offsets: dict = {}
-        for r in records:
-            tp = TopicPartition(r.topic, r.partition)
-            if r.offset + 1 > offsets.get(tp, -1):
-                offsets[tp] = r.offset + 1
-        try:
-            consumer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
-        except Exception as exc:  # noqa: BLE001 - e.g. a rebalance: the new owner answers again (same ids)
-            self.counters.commit_failures += 1
-            log.warning("%s: commit failed (%s); records will be redelivered", self.name, exc)
+    @property
+    def _commit_failures(self) -> int:
+        return sum(lp.stats.commit_failures for lp in self._loops.values())
 
     def _answer(self, insts: list[Instruction]) -> dict[str, Response | str]:
         """Answer every user turn of every instruction; returns id -> Response, or id -> failure reason."""
@@ -458,8 +364,9 @@ class GenerationPool:
             self._pub.flush()
 
     # ------------------------------------------------------------------ observability
-    def _update_lag(self, consumer) -> None:
-        name = "eval" if consumer is self._eval else "train"
+    def _update_lag(self, name: str, consumer) -> None:
+        if consumer is None:
+            return
         total = 0
         assigned = consumer.assignment()
         with self._stats_lock:
@@ -478,6 +385,7 @@ class GenerationPool:
     def stats(self) -> dict[str, Any]:
         """Counters, throughput and lag (as of the last poll). Safe to call from another thread."""
         with self._stats_lock:
+            self.counters.commit_failures = self._commit_failures
             c = asdict(self.counters)
             lag = dict(self.lag)
             parts = {k: list(v) for k, v in self.partitions.items()}
@@ -500,180 +408,3 @@ class GenerationPool:
         if self.log_every_s and time.monotonic() - self._last_log >= self.log_every_s:
             self._last_log = time.monotonic()
             self._log_line()
-
-
-# ---------------------------------------------------------------------- CLI: arena generate
-def _need_broker(cfg: Config, what: str) -> None:
-    from arena_flywheel.cli import UsageError
-
-    if not cfg.kafka.bootstrap_servers:
-        raise UsageError(f"{what} needs a running broker: export KAFKA_BOOTSTRAP_SERVERS=host:port "
-                         f"(the address `arena broker` prints), or set kafka.bootstrap_servers in arena.toml")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--model", metavar="NAME", help="competitor name from [[competitors]] in arena.toml")
-    p.add_argument("--name", metavar="NAME", help="ad-hoc competitor name (with --backend and --model-path)")
-    p.add_argument("--backend", choices=["transformers", "vllm", "openai", "replay"], help="ad-hoc backend")
-    p.add_argument("--model-path", metavar="PATH", help="ad-hoc model: directory/hub id, served model name, or "
-                   "answers file (replay)")
-    p.add_argument("--base-url", help="OpenAI-compatible server, e.g. http://localhost:8000/v1")
-    p.add_argument("--splits", help="comma list of splits to answer: train,eval")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--max-new-tokens", type=int)
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--device", help="auto, cpu, cuda, cuda:1")
-    p.add_argument("--dtype", help="auto, float32, bfloat16, float16")
-    p.add_argument("--max-idle", type=float, metavar="S", help="exit after S seconds with nothing to do "
-                   "(default: run until Ctrl-C / SIGTERM)")
-    p.add_argument("--stats-every", type=float, default=30.0, metavar="S", help="log a stats line every S seconds")
-
-
-def competitor_from_args(args, cfg: Config) -> CompetitorConfig:
-    from arena_flywheel.cli import UsageError
-    from pydantic import ValidationError
-
-    if args.model:
-        found = [c for c in cfg.competitors if c.name == args.model]
-        if not found:
-            known = ", ".join(c.name for c in cfg.competitors) or "none configured"
-            raise UsageError(f"no competitor named {args.model!r} in [[competitors]] (known: {known}); "
-                             f"or run an ad-hoc one: --name X --backend transformers --model-path DIR")
-        data = found[0].model_dump()
-    elif args.name:
-        if not args.backend or not args.model_path:
-            raise UsageError("an ad-hoc competitor needs --name, --backend and --model-path "
-                             "(e.g. --name tiny --backend transformers --model-path ./ckpt)")
-        data = {"name": args.name, "backend": args.backend, "model": args.model_path}
-    else:
-        raise UsageError("say which competitor: --model NAME (from arena.toml) or "
-                         "--name X --backend transformers --model-path DIR")
-    if args.model and args.backend:
-        data["backend"] = args.backend
-    if args.model and args.model_path:
-        data["model"] = args.model_path
-    for key, val in (("base_url", args.base_url), ("batch_size", args.batch_size),
-                     ("max_new_tokens", args.max_new_tokens), ("temperature", args.temperature),
-                     ("device", args.device), ("dtype", args.dtype)):
-        if val is not None:
-            data[key] = val
-    if args.splits:
-        data["splits"] = [s.strip() for s in args.splits.split(",") if s.strip()]
-    try:
-        return CompetitorConfig.model_validate(data)
-    except ValidationError as exc:
-        e = exc.errors()[0]
-        raise UsageError(f"competitor {data.get('name')!r}: {'.'.join(map(str, e['loc']))}: {e['msg']}") from None
-
-
-def run(args, cfg: Config) -> int:
-    from arena_flywheel.cli import UsageError
-
-    comp = competitor_from_args(args, cfg)
-    _need_broker(cfg, "arena generate")
-    try:
-        backend = create_backend(comp)
-    except BackendError as exc:
-        raise UsageError(f"competitor {comp.name!r}: {exc}") from None
-    # the stats line is the foreground command's output: show it without -v
-    logging.getLogger(__name__).setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
-    if not logging.getLogger().handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
-        if threading.current_thread() is threading.main_thread() else None
-    pool = GenerationPool(cfg, comp, backend, log_every_s=args.stats_every)
-    print(f"generation pool {comp.name} ({comp.backend}: {comp.model}) on {cfg.kafka.bootstrap_servers}; "
-          f"groups {train_group(cfg, comp.name)} / {eval_group(cfg, comp.name, '<checkpoint>')}", flush=True)
-    try:
-        pool.run(stop, max_idle_s=args.max_idle)
-    except KeyboardInterrupt:
-        pass
-    except BackendError as exc:
-        raise UsageError(f"competitor {comp.name!r}: {exc}") from None
-    finally:
-        backend.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-    print(json.dumps(pool.stats(), sort_keys=True), flush=True)
-    return 0
-
-
-# ---------------------------------------------------------------------- CLI: arena checkpoint
-def _ckpt_args(p) -> None:
-    sub = p.add_subparsers(dest="action", metavar="ACTION")
-    a = sub.add_parser("add", help="announce a checkpoint: the model's pools hot-load it and re-answer eval")
-    a.add_argument("--model", required=True, metavar="NAME", help="competitor name the checkpoint belongs to")
-    a.add_argument("--path", required=True, metavar="DIR", help="checkpoint directory (full weights or a LoRA "
-                   "adapter), as the workers see it; for openai competitors, the served model name")
-    a.add_argument("--name", metavar="CKPT", help="checkpoint name (default: the directory's name)")
-    a.add_argument("--iteration", type=int, default=0)
-    a.add_argument("--stage", default="", help="sft, dpo, reward, rl, ...")
-    a.add_argument("--parent", help="checkpoint this one was trained from")
-    a.add_argument("--remote", action="store_true", help="do not check that --path exists on this machine")
-    sub.add_parser("list", help="list the checkpoints announced so far")
-
-
-def read_checkpoints(cfg: Config, timeout_s: float = 10.0) -> list[Checkpoint]:
-    """Every Checkpoint event on the checkpoints topic, in order."""
-    from kafka import TopicPartition
-
-    c = make_consumer(cfg, None, None)
-    tp = TopicPartition(cfg.topic("checkpoints"), 0)
-    try:
-        c.assign([tp])
-        c.seek_to_beginning(tp)
-        end = c.end_offsets([tp])[tp]
-        out: list[Checkpoint] = []
-        deadline = time.monotonic() + timeout_s
-        while c.position(tp) < end and time.monotonic() < deadline:
-            for recs in c.poll(timeout_ms=200).values():
-                for r in recs:
-                    try:
-                        out.append(decode(r.value, Checkpoint))
-                    except BadEvent:
-                        continue
-        return out
-    finally:
-        c.close(autocommit=False)
-
-
-def _ckpt_run(args, cfg: Config) -> int:
-    from arena_flywheel.cli import UsageError
-
-    _need_broker(cfg, "arena checkpoint")
-    if args.action == "list":
-        for ev in read_checkpoints(cfg):
-            print(f"{ev.model:20s} {ev.checkpoint:16s} iter={ev.iteration:<3d} stage={ev.stage or '-':6s} {ev.path}")
-        return 0
-    if args.action != "add":
-        raise UsageError("use: arena checkpoint add --model NAME --path DIR  (or: arena checkpoint list)")
-    path = args.path
-    if not args.remote:
-        if not Path(path).is_dir():
-            raise UsageError(f"--path {path!r} is not a directory here; pass --remote if it exists only on the "
-                             f"workers (or is a served model name)")
-        path = str(Path(path).resolve())
-    name = args.name or Path(args.path.rstrip("/")).name or "ckpt"
-    if name in RESERVED_CHECKPOINTS:
-        raise UsageError(f"checkpoint name {name!r} is reserved; pass --name, e.g. --name iter{args.iteration or 1}")
-    ev = Checkpoint(model=args.model, checkpoint=name, path=path, iteration=args.iteration, stage=args.stage,
-                    parent=args.parent)
-    with Publisher(cfg) as pub:
-        pub.send(ev)
-        pub.flush()
-    print(f"checkpoint {name} of {args.model} announced ({ev.id}); its pools load {path} and answer the eval "
-          f"split under group {eval_group(cfg, args.model, name)}")
-    return 0
-
-
-def _make_checkpoint_cmd():
-    from arena_flywheel.cli import Command
-
-    return Command(_ckpt_args, _ckpt_run)
-
-
-checkpoint_cmd = _make_checkpoint_cmd()
-
-__all__ = ["GenerationPool", "PoolStats", "conversation", "train_group", "eval_group", "read_checkpoints",
-           "checkpoint_cmd", "add_arguments", "run"]

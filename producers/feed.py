@@ -16,7 +16,6 @@ runs the SQL ledger in-process and drains it before exiting; with an external br
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import sys
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from arena_flywheel.config import Config
+from arena_flywheel.errors import InputError
 from arena_flywheel.events import BadEvent, Instruction, validate
 
 log = logging.getLogger(__name__)
@@ -196,17 +196,15 @@ def _csv_value(v: str) -> Any:
 
 def iter_records(path: str) -> Iterator[Record]:
     """Records of a file, directory or '-' (stdin, JSONL)."""
-    from arena_flywheel.cli import UsageError
-
     if path == "-":
         yield from read_jsonl(sys.stdin.buffer, "stdin")
         return
     p = Path(path)
     if not p.exists():
-        raise UsageError(f"{path}: no such file or directory")
+        raise InputError(f"{path}: no such file or directory")
     if p.is_dir():
         if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
-            raise UsageError(f"{path}: a directory must be a HF datasets save_to_disk directory")
+            raise InputError(f"{path}: a directory must be a HF datasets save_to_disk directory")
         import datasets
 
         ds = datasets.load_from_disk(str(p))
@@ -230,7 +228,7 @@ def iter_records(path: str) -> Iterator[Record]:
         if isinstance(data, dict) and isinstance(data.get("data"), list):
             data = data["data"]
         if not isinstance(data, list):
-            raise UsageError(f"{path}: JSON must be a list of records or {{\"data\": [...]}}")
+            raise InputError(f"{path}: JSON must be a list of records or {{\"data\": [...]}}")
         yield from _rows(p.name, data)
     elif suffix in (".csv", ".tsv"):
         with p.open(encoding="utf-8", errors="strict", newline="") as f:
@@ -243,7 +241,7 @@ def iter_records(path: str) -> Iterator[Record]:
 
         yield from _rows(p.name, (_plain(r) for r in pq.read_table(p).to_pylist()))
     else:
-        raise UsageError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl, .json, .csv, .parquet, "
+        raise InputError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl, .json, .csv, .parquet, "
                          "a datasets directory, or - for stdin")
 
 
@@ -300,87 +298,3 @@ def feed_records(cfg: Config, records: Iterable[Record], publisher, *, split: st
         if progress is not None:
             progress()
     return stats
-
-
-def add_arguments(p) -> None:
-    p.add_argument("path", metavar="PATH", help="file (.jsonl .json .csv .parquet), datasets directory, or - for stdin")
-    p.add_argument("--split", choices=("train", "eval"), help="split of records that do not name one "
-                   "(default: feed.default_split)")
-    p.add_argument("--source", default="", help="source name recorded on each instruction (default: file name)")
-    p.add_argument("--follow", action="store_true", help="keep reading a growing JSONL file until Ctrl-C")
-    p.add_argument("--limit", type=int, metavar="N", help="send at most N instructions")
-
-
-def run(args, cfg: Config) -> int:
-    import threading
-
-    from arena_flywheel.broker import kafka_for
-    from arena_flywheel.cli import UsageError
-    from arena_flywheel.kafka import Publisher
-
-    if args.limit is not None and args.limit < 1:
-        raise UsageError("--limit must be at least 1")
-    if args.follow and (args.path == "-" or not Path(args.path).is_file()):
-        raise UsageError("--follow needs an existing JSONL file (stdin is followed anyway until it ends)")
-    if not args.follow:
-        records = iter_records(args.path)
-        first = next(records, None)  # surface usage errors (missing file, bad format) before starting a broker
-        records = _chain(first, records) if first is not None else iter(())
-    stop = threading.Event()
-    written = None
-    with kafka_for(cfg) as (kcfg, embedded):
-        from consumers.ledger import Ledger
-
-        follower = None
-        if embedded and args.follow:  # a growing file: store as it arrives, not only at the end
-            follower = threading.Thread(target=Ledger(kcfg).run, args=(stop,), name="ledger", daemon=True)
-            follower.start()
-        with Publisher(kcfg) as pub:
-            if args.follow:
-                print(f"arena feed: following {args.path}; Ctrl-C stops", file=sys.stderr)
-                stats = FeedStats()
-                try:
-                    feed_records(kcfg, _flushing(follow_jsonl(args.path, None), pub), pub,
-                                 split=args.split, source=args.source, limit=args.limit, stats=stats)
-                except KeyboardInterrupt:
-                    pass
-            else:
-                stats = _feed_with_progress(kcfg, records, pub, args)
-            pub.flush()
-        if follower is not None:
-            stop.set()
-            follower.join(30)
-        if embedded:
-            # The embedded broker's topics vanish with this process: drain them into the ledger first.
-            with Ledger(kcfg) as ledger:
-                ledger.drain(idle_s=1.0, timeout_s=300)
-                written = ledger.written
-    msg = f"arena feed: {stats.line()}"
-    if written is not None:
-        msg += f"; embedded broker, stored in the ledger {cfg.db.url} ({written} new rows)"
-    print(msg)
-    return 0
-
-
-def _chain(first, rest):
-    yield first
-    yield from rest
-
-
-def _flushing(records: Iterator[Record], pub) -> Iterator[Record]:
-    """For --follow: what arrives is sent at once, not after a batch fills."""
-    for rec in records:
-        yield rec
-        pub.flush()
-
-
-def _feed_with_progress(cfg: Config, records, pub, args) -> FeedStats:
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    if not sys.stderr.isatty():
-        return feed_records(cfg, records, pub, split=args.split, source=args.source, limit=args.limit)
-    with Progress(TextColumn("feed"), BarColumn(), TextColumn("{task.completed} records"), TimeElapsedColumn(),
-                  transient=True) as prog:
-        task = prog.add_task("feed", total=None)
-        return feed_records(cfg, records, pub, split=args.split, source=args.source, limit=args.limit,
-                            progress=lambda: prog.advance(task))

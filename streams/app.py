@@ -7,9 +7,7 @@ the last applied offset and recent verdict ids, plus a processed-id table (docs/
 """
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
 import time
 from collections import defaultdict, deque
 from pathlib import Path
@@ -18,10 +16,13 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from arena_flywheel import ratings as E
 from arena_flywheel.config import Config
 from arena_flywheel.events import BadEvent, Checkpoint, DeadLetter, Instruction, Response, Verdict, decode
+from consumers.judging.health import JudgeHealth
 
 from . import state as S
+from .dashboard import DashboardState, install_dashboard
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +48,6 @@ def _create_worker_consumer(self, transport):
 if not getattr(faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer, "_arena", False):
     _create_worker_consumer._arena = True
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer
-
-
-def _engine():
-    from . import engine
-
-    return engine
 
 
 class Stream:
@@ -112,16 +107,10 @@ class Stream:
         self._seen: dict[int, tuple[dict, set[str]]] = {}
         self.latencies: deque[float] = deque(maxlen=LATENCY_WINDOW)
         # what the web page shows (this worker's partitions): see streams/dashboard.py
-        from consumers.judging.health import JudgeHealth
-
-        from .dashboard import DashboardState
-
         self.dashboard = DashboardState()
         self.health = JudgeHealth()
         self._register()
         if web:
-            from .dashboard import install_dashboard
-
             install_dashboard(self.app, self.dashboard.to_dict)
 
     # -------------------------------------------------------------------------------- helpers
@@ -214,7 +203,7 @@ class Stream:
     async def _apply(self, p: int, events) -> None:
         """Apply one partition's verdicts: loss records and failures, then the partition record (offset,
         counts, Elo, recent ids), then processed-id markers. Order matters; see docs/streams.md."""
-        cfg, E = self.cfg, _engine()
+        cfg = self.cfg
         targets = set(cfg.arena.targets)
         key = f"p:{p}"
         st = self.ratings.data.get(key) or S.empty_partition_state()
@@ -257,7 +246,7 @@ class Stream:
                                                                            scale=r.scale, base=r.base)
                     elos[v.split] = elo
                 elo.update(v.competitor_a, v.competitor_b, v.winner)
-            losses = S.target_losses(v, targets, cfg.ratings.failure_margin)
+            losses = S.target_losses(v, targets, cfg.failure_margin)
             if losses:
                 lkey = f"l:{v.instruction_id}"
                 rec = touched.get(lkey) or dict(self.ratings.data.get(lkey) or {})
@@ -343,12 +332,12 @@ class Stream:
         for s in states:
             d = s["elo"].get("eval")
             if d:
-                for m, r in _engine().OnlineElo.from_dict(d).ratings.items():
+                for m, r in E.OnlineElo.from_dict(d).ratings.items():
                     sums[m].append(r)
         snap["elo"] = {m: sum(v) / len(v) for m, v in sorted(sums.items())}
         counts = self.pair_counts(states, "eval")
         if counts is not None and counts.models:
-            E, r = _engine(), self.cfg.ratings
+            r = self.cfg.ratings
             rows = E.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm, **E.ratings_from_config(r))
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]
@@ -376,7 +365,6 @@ class Stream:
 
     @staticmethod
     def pair_counts(states, split: str):
-        E = _engine()
         counts = E.PairCounts()
         for a, b, w, n in S.iter_counts(S.merge_counts(states, split)):
             counts.add(a, b, w, n=n)
@@ -393,49 +381,3 @@ def _row_dict(row) -> dict[str, Any]:
 
 def create_app(cfg: Config, **kw) -> Stream:
     return Stream(cfg, **kw)
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--web-port", type=int, default=6066, help="port of the web server (/leaderboard), default 6066")
-    p.add_argument("--without-web", action="store_true", help="run without the web server")
-    p.add_argument("--web-bind", default="127.0.0.1", metavar="HOST",
-                   help="address the dashboard listens on (default 127.0.0.1, this machine only; "
-                        "0.0.0.0 exposes it to the network: put it behind a proxy with authentication)")
-
-
-def run(args, cfg: Config) -> int:
-    from arena_flywheel.broker import kafka_for
-    from arena_flywheel.cli import UsageError
-
-    if not 0 < args.web_port < 65536:
-        raise UsageError("--web-port must be 1..65535, e.g. --web-port 6066")
-    if cfg.arena.battle_plan == "target-vs-all" and not cfg.arena.targets:
-        log.warning("battle plan target-vs-all with no arena.targets: the pairing agent makes no battles")
-    with kafka_for(cfg) as (cfg, embedded):
-        if embedded:
-            print(f"arena stream: embedded broker at {cfg.kafka.bootstrap_servers} (topics vanish on exit)",
-                  file=sys.stderr)
-        stream = Stream(cfg, web_port=args.web_port, web=not args.without_web, web_bind=args.web_bind)
-        worker = faust.Worker(stream.app, loglevel=logging.getLogger().getEffectiveLevel() or logging.WARNING,
-                              quiet=True, redirect_stdouts=False, override_logging=False)
-        try:
-            worker.execute_from_commandline()
-        except SystemExit as exc:
-            return int(exc.code or 0)
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    # `python -m streams.app [--config PATH] [--web-port N] [--without-web]`: same as `arena stream`
-    from arena_flywheel.cli import main as cli_main
-
-    argv = sys.argv[1:] if argv is None else list(argv)
-    config = []
-    if "--config" in argv:
-        i = argv.index("--config")
-        config, argv = argv[i:i + 2], argv[:i] + argv[i + 2:]
-    return cli_main([*config, "stream", *argv])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Iterable
 
-from arena_flywheel.events import Battle, Contestant, Failure, Instruction, Message, Response, Verdict
+from arena_flywheel.events import Battle, Contestant, Failure, Instruction, JudgeInfo, Message, Response, Verdict
 
 PLANS = ("target-vs-all", "round-robin", "sampled")
 # Winners that count in PairCounts; "invalid" verdicts are counted apart and never change ratings.
@@ -162,8 +162,6 @@ def failure_for(instruction_id: str, losses: dict[str, dict[str, Any]], target_c
     t_resp, w_resp = responses.get(target_competitor), responses.get(best["opponent"])
     if t_resp is None or w_resp is None:
         return None
-    from arena_flywheel.events import JudgeInfo
-
     return Failure(
         instruction_id=instruction_id, split="train", target=best["target"],
         target_checkpoint=best["target_checkpoint"], messages=[Message(**m) for m in ins["messages"]],

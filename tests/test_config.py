@@ -60,7 +60,7 @@ def test_docs_configuration_is_current():
 def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     bad = tmp_path / "arena.toml"
     bad.write_text("[ratings]\nelo_k = -1\n")
-    r = subprocess.run([sys.executable, "-m", "arena_flywheel.cli", "--config", str(bad), "topics"],
+    r = subprocess.run([sys.executable, "-m", "arena_cli", "--config", str(bad), "topics"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
@@ -68,6 +68,6 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
 
 
 def test_cli_unknown_command_exit_2():
-    r = subprocess.run([sys.executable, "-m", "arena_flywheel.cli", "no-such-command"],
+    r = subprocess.run([sys.executable, "-m", "arena_cli", "no-such-command"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "Traceback" not in r.stderr

@@ -1,8 +1,7 @@
-import json
 
 import pytest
 
-from arena_flywheel.cli import UsageError
+from arena_flywheel.errors import InputError as UsageError
 from arena_flywheel.consistency import compute, load_board
 from conftest import shared_data
 

@@ -24,7 +24,7 @@ def test_demo_fast_improves_the_target(tmp_path):
     summary_path = tmp_path / "summary.json"
     data_dir = tmp_path / "data"
     proc = subprocess.run(
-        [sys.executable, "-m", "arena_flywheel.cli", "demo", "--fast", "--no-live", "--data-dir", str(data_dir),
+        [sys.executable, "-m", "arena_cli", "demo", "--fast", "--no-live", "--data-dir", str(data_dir),
          "--summary", str(summary_path)],
         cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -52,7 +52,7 @@ def test_demo_fast_improves_the_target(tmp_path):
     assert "rating per iteration" in proc.stdout
 
     # `arena watch --once` over the demo's ledger shows the same checkpoints the summary rated.
-    cli = [sys.executable, "-m", "arena_flywheel.cli", "--config", str(data_dir / "demo-arena.toml")]
+    cli = [sys.executable, "-m", "arena_cli", "--config", str(data_dir / "demo-arena.toml")]
     w = subprocess.run(cli + ["watch", "--once", "--json"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=120)
     assert w.returncode == 0, w.stderr
@@ -66,17 +66,17 @@ def test_demo_fast_improves_the_target(tmp_path):
 
 
 def test_demo_refuses_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "arena_flywheel.cli", "demo", "--iterations", "0"],
+    proc = subprocess.run([sys.executable, "-m", "arena_cli", "demo", "--iterations", "0"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "--iterations" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "arena_flywheel.cli", "demo", "--stages", "sft,ppo"],
+    proc = subprocess.run([sys.executable, "-m", "arena_cli", "demo", "--stages", "sft,ppo"],
                           cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_watch_table_shows_change_rate_and_health():
-    from streams.watch import Snapshot, render_text
+    from arena_cli.watch import Snapshot, render_text
 
     snap = Snapshot(rows=[{"model": "target@it2-sft", "rating": 1061.2, "lower": 1030.0, "upper": 1094.0, "rank": 1,
                            "battles": 300, "win_rate": 0.5},

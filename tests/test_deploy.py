@@ -2,13 +2,12 @@
 accepts, and every ARENA_/KAFKA_ env var it sets is one the config reads."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 
 import pytest
 import yaml
 
-from arena_flywheel.cli import COMMANDS
+from arena_cli.main import COMMANDS, command_module
 from arena_flywheel.config import ENV_OVERRIDES
 
 COMPOSE = yaml.safe_load((Path(__file__).resolve().parents[1] / "compose.yaml").read_text())
@@ -47,9 +46,7 @@ def test_service_command_parses(name):
 
     argv = ARENA[name]["command"][1:]
     assert argv[0] in COMMANDS, f"{name}: `arena {argv[0]}` is not a CLI command"
-    module, _, attr = COMMANDS[argv[0]][0].partition(":")
-    mod = importlib.import_module(module)
-    target = getattr(mod, attr) if attr else mod
+    target = command_module(argv[0])
     p = argparse.ArgumentParser(exit_on_error=False)
     target.add_arguments(p)
     p.parse_args(argv[1:])  # raises on an unknown flag

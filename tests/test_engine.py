@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from scipy.optimize import minimize
 
-from arena_flywheel.cli import main
-from streams.engine import (L2, OnlineElo, PairCounts, bootstrap, fit_bt, leaderboard, rank_with_ci,
+from arena_cli.main import main
+from arena_flywheel.ratings import (L2, OnlineElo, PairCounts, bootstrap, fit_bt, leaderboard, rank_with_ci,
                             ratings_from_config, sandwich_ci, win_rate_vs_baseline)
 
 LN10 = math.log(10)
@@ -317,38 +317,35 @@ def test_cli_missing_file_and_unknown_anchor(tmp_path, monkeypatch, capsys):
     assert "ghost" in capsys.readouterr().err
 
 
-def test_ledger_verdict_table_on_real_sqlite(tmp_path):
-    """The fallback reader: verdict events stored as JSON in the `payload` column of a `verdict` table."""
+def test_ledger_verdicts_on_real_sqlite(tmp_path):
+    """The leaderboard's ledger reader: verdicts of one split, in order; a missing or table-less ledger is a
+    one-line error, and a missing one is not created."""
     import sqlalchemy as sa
 
+    from arena_cli.commands.leaderboard import ledger_verdicts
     from arena_flywheel.events import JudgeInfo, Verdict
-    from streams.leaderboard_cmd import ledger_verdicts
+    from arena_flywheel.store import LedgerStore
 
     rows = simulate(STRENGTH, 120, seed=10)
     url = f"sqlite:///{tmp_path / 'ledger.db'}"
     judge = JudgeInfo(backend="reference", template_id="t")
-    engine = sa.create_engine(url)
-    with engine.begin() as conn:
-        conn.execute(sa.text("CREATE TABLE verdict (id TEXT PRIMARY KEY, split TEXT, payload TEXT)"))
-        for i, (a, b, w) in enumerate(rows):
-            v = Verdict(battle_id=f"bat-{i}", instruction_id=f"ins-{i}", split="eval" if i % 4 else "train",
-                        competitor_a=a, competitor_b=b, model_a=a, model_b=b, winner=w, judge=judge)
-            conn.execute(sa.text("INSERT INTO verdict VALUES (:id, :split, :payload)"),
-                         {"id": v.id, "split": v.split, "payload": v.encode().decode()})
-    engine.dispose()
-    got = ledger_verdicts(url, "eval", use_store=False)
+    with LedgerStore(url) as store:
+        store.write([Verdict(battle_id=f"bat-{i}", instruction_id=f"ins-{i}", split="eval" if i % 4 else "train",
+                             competitor_a=a, competitor_b=b, model_a=a, model_b=b, winner=w, judge=judge,
+                             created_at=1000.0 + i) for i, (a, b, w) in enumerate(rows)])
+    got = ledger_verdicts(url, "eval")
     assert got == [r for i, r in enumerate(rows) if i % 4]
     sa.create_engine(f"sqlite:///{tmp_path / 'empty.db'}").connect().close()
-    with pytest.raises(Exception, match="no verdict table"):
-        ledger_verdicts(f"sqlite:///{tmp_path / 'empty.db'}", "eval", use_store=False)
+    with pytest.raises(Exception, match="cannot read the ledger"):
+        ledger_verdicts(f"sqlite:///{tmp_path / 'empty.db'}", "eval")
     with pytest.raises(Exception, match="no such ledger"):
-        ledger_verdicts(f"sqlite:///{tmp_path / 'absent.db'}", "eval", use_store=False)
+        ledger_verdicts(f"sqlite:///{tmp_path / 'absent.db'}", "eval")
     assert not (tmp_path / "absent.db").exists()
 
 
 def test_style_control_removes_a_length_bias():
     """A judge that prefers longer answers inflates the verbose model; the style covariate takes it back."""
-    from streams.engine import fit_bt_style
+    from arena_flywheel.ratings import fit_bt_style
 
     rng = np.random.default_rng(12)
     truth = {"a": 1100.0, "b": 1000.0, "verbose": 1000.0, "c": 900.0}
@@ -374,7 +371,7 @@ def test_the_same_battles_in_any_order_give_the_same_leaderboard():
     import random
 
     from arena_flywheel.config import RatingsConfig
-    from streams.engine import leaderboard_from_battles
+    from arena_flywheel.ratings import leaderboard_from_battles
 
     rows = simulate(STRENGTH, 300, seed=8)
     shuffled = list(rows)

@@ -4,12 +4,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-from pathlib import Path
 
-import pytest
 
 from arena_flywheel.kafka import Publisher
-from consumers.ledger import Ledger, LedgerStore
+from arena_flywheel.store import LedgerStore
+from consumers.ledger import Ledger
 from producers.feed import feed_records, iter_records, to_instruction
 from tests.conftest import ROOT, shared_data
 

@@ -11,7 +11,8 @@ from arena_flywheel.config import CompetitorConfig
 from arena_flywheel.events import Checkpoint, DeadLetter, Instruction, Message, Response, decode
 from arena_flywheel.kafka import Publisher, make_consumer
 from consumers.backends import Completion, GenerationRequest, RetryableError, create_backend
-from consumers.generate import GenerationPool, conversation, eval_group, read_checkpoints, train_group
+from arena_flywheel.kafka import read_checkpoints
+from consumers.generate import GenerationPool, conversation, eval_group, train_group
 
 
 @pytest.fixture
@@ -273,7 +274,7 @@ def test_replicas_of_a_competitor_share_partitions(fast_cfg, tmp_path):
 
 
 def test_cli_checkpoint_add_and_generate_usage(fast_cfg, tmp_path, monkeypatch, capsys):
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", fast_cfg.kafka.bootstrap_servers)
     monkeypatch.setenv("ARENA_TOPIC_PREFIX", fast_cfg.kafka.topic_prefix)
@@ -289,7 +290,7 @@ def test_cli_checkpoint_add_and_generate_usage(fast_cfg, tmp_path, monkeypatch, 
 
 
 def test_cli_generate_runs_an_ad_hoc_competitor(fast_cfg, tmp_path, monkeypatch, capsys):
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", fast_cfg.kafka.bootstrap_servers)
     monkeypatch.setenv("ARENA_TOPIC_PREFIX", fast_cfg.kafka.topic_prefix)

@@ -140,7 +140,6 @@ def test_health_rates():
 
 
 def test_pool_over_real_broker_battles_in_verdicts_out(cfg):
-    import threading
     import time as _t
 
     from arena_flywheel.kafka import Publisher, ensure_topics
@@ -272,7 +271,7 @@ def test_tiny_model_judge_over_real_broker_gives_invalid_not_a_crash(cfg, tmp_pa
 
 
 def test_judge_config_mismatch_is_one_line(cfg):
-    from arena_flywheel.cli import UsageError
+    from arena_flywheel.errors import ConfigError as UsageError
     from consumers.judge import JudgePool
 
     cfg.judge.backend, cfg.judge.model, cfg.judge.policy = "openai", "m", "arena-hard"
@@ -486,7 +485,7 @@ def test_replay_mt_bench_pairwise_judgments_play_both_games(tmp_path):
 
 
 def test_replay_config_errors_are_one_line(cfg, tmp_path):
-    from arena_flywheel.cli import UsageError
+    from arena_flywheel.errors import ConfigError as UsageError
     from consumers.judge import JudgePool
 
     path, _ = _mt_bench_recordings(tmp_path)
@@ -516,7 +515,7 @@ def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
     from arena_flywheel.config import Config
     from arena_flywheel.consistency import compute, load_board
     from consumers.judging.replay import RecordedJudgments, ReplayJudge
-    from streams.engine import leaderboard_from_battles
+    from arena_flywheel.ratings import leaderboard_from_battles
 
     root = shared_data("vicuna_eval_2023")
     human = load_board(shared_data("reference_leaderboards/lmsys_arena_elo_results_20240329_leaderboard.csv"))
@@ -540,7 +539,7 @@ def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
 def test_reference_guided_template_for_math_battles_with_a_reference(cfg):
     """MT-bench style: battles with a reference in a reference category are judged with the reference-guided
     template, the rest with the template; each verdict names the template that judged it."""
-    from arena_flywheel.cli import UsageError
+    from arena_flywheel.errors import ConfigError as UsageError
     from consumers.judge import JudgePool
 
     cfg.judge.backend, cfg.judge.model, cfg.judge.base_url = "openai", "m", "http://127.0.0.1:9/v1"

@@ -14,7 +14,8 @@ from arena_flywheel.events import (Battle, Checkpoint, Contestant, DeadLetter, F
                                    Response, Verdict)
 from arena_flywheel.events import decode
 from arena_flywheel.kafka import Publisher, make_consumer
-from consumers.ledger import KINDS, Ledger, LedgerStore
+from arena_flywheel.store import KINDS, LedgerStore
+from consumers.ledger import Ledger
 
 JUDGE = JudgeInfo(backend="reference", template_id="ref-1")
 
@@ -225,7 +226,7 @@ def test_readers_see_rows_while_another_process_writes(tmp_path):
     reader = LedgerStore(url)
     code = (
         "import sys; sys.path.insert(0, %r)\n"
-        "from consumers.ledger import LedgerStore\n"
+        "from arena_flywheel.store import LedgerStore\n"
         "from arena_flywheel.events import Instruction\n"
         "s = LedgerStore(%r)\n"
         "for i in range(40):\n"
@@ -245,7 +246,7 @@ def test_readers_see_rows_while_another_process_writes(tmp_path):
 
 
 def test_export_cli(cfg, tmp_path, capsys):
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     store = LedgerStore(cfg.db.url)
     store.write(sample_events(2))

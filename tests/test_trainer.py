@@ -96,7 +96,7 @@ def test_reward_rows_from_battles_with_a_winner():
 
 
 def test_cli_select_writes_the_chosen_set(cfg, tmp_path, capsys):
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
 
     src, out = tmp_path / "f.jsonl", tmp_path / "chosen.jsonl"
     write_failures(src, POOL)
@@ -204,7 +204,8 @@ def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_pa
 
     from arena_flywheel.config import CompetitorConfig
     from arena_flywheel.events import Instruction, Response
-    from consumers.generate import GenerationPool, read_checkpoints
+    from arena_flywheel.kafka import read_checkpoints
+    from consumers.generate import GenerationPool
     from trainer.service import TrainerService
 
     cfg.kafka.session_timeout_ms = 1000
@@ -289,7 +290,7 @@ def _read_all(cfg, name, cls):
 def test_cli_train_closes_an_iteration_now_and_iterations_prints_the_table(cfg, tmp_path, tiny_model, capsys):
     import sqlite3
 
-    from arena_flywheel.cli import main
+    from arena_cli.main import main
     from arena_flywheel.events import Verdict
 
     (tmp_path / "arena.toml").write_text(f"""
@@ -335,7 +336,7 @@ model = "{tiny_model}"
                             competitor_b="target", model_a="target", model_b="target", checkpoint_a="it1-sft",
                             winner=win, judge=judge))
     try:
-        from consumers.ledger import LedgerStore
+        from arena_flywheel.store import LedgerStore
     except ImportError:  # the ledger's documented fallback shape: a verdict table with JSON payloads
         db = sqlite3.connect(tmp_path / "ledger.db")
         db.execute("CREATE TABLE verdict (id TEXT PRIMARY KEY, payload TEXT)")
@@ -354,10 +355,10 @@ model = "{tiny_model}"
 
     # with the ledger holding the checkpoints, the table needs no broker (Tansu topics live in memory only)
     try:
-        from consumers.ledger import LedgerStore
+        from arena_flywheel.store import LedgerStore
     except ImportError:
         return
-    from consumers.generate import read_checkpoints
+    from arena_flywheel.kafka import read_checkpoints
 
     with LedgerStore(f"sqlite:///{tmp_path / 'ledger.db'}") as store:
         store.write(read_checkpoints(cfg))
@@ -414,7 +415,7 @@ def test_a_restarted_service_restores_accumulated_failures_from_topic_and_ledger
     import logging
 
     from arena_flywheel.events import Checkpoint
-    from consumers.ledger import LedgerStore
+    from arena_flywheel.store import LedgerStore
     from trainer.service import TrainerService
 
     c = cfg.model_copy(deep=True)

@@ -13,25 +13,13 @@ from __future__ import annotations
 
 from typing import Any, Iterable
 
-from arena_flywheel.events import Failure, Verdict, stable_hash
+from arena_flywheel.events import Failure, Verdict, chat, stable_hash
 
 
 def conversation_messages(f: Failure, answers: list[str] | None = None) -> list[dict[str, str]]:
     """System messages and user turns of the instruction, each user turn followed by `answers[k]`
     (default: the winner's answers). Assistant messages in the instruction are replaced."""
-    answers = f.winner_answers if answers is None else answers
-    out: list[dict[str, str]] = []
-    k = 0
-    for m in f.messages:
-        if m.role == "system":
-            out.append({"role": "system", "content": m.content})
-        elif m.role == "user":
-            if k >= len(answers):
-                break
-            out.append({"role": "user", "content": m.content})
-            out.append({"role": "assistant", "content": answers[k]})
-            k += 1
-    return out
+    return chat(f.messages, f.winner_answers if answers is None else answers)
 
 
 def _provenance(f: Failure, iteration: int) -> dict[str, Any]:

@@ -29,6 +29,8 @@ import numpy as np
 
 from arena_flywheel.events import BadEvent, Failure, validate
 
+from .batches import conversation_messages
+
 METHODS = ("pair-judge", "random", "kmeans", "length", "ifd", "ifd-proxy", "tags")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
@@ -208,8 +210,6 @@ def ifd_scores(pool: list[Failure], model_path: str, max_length: int = 256) -> l
 
     out = []
     for f in pool:
-        from .batches import conversation_messages
-
         msgs = conversation_messages(f)
         prompt = tok.apply_chat_template(msgs[:-1], add_generation_prompt=True, tokenize=False)
         ans = msgs[-1]["content"] + (tok.eos_token or "")
@@ -246,33 +246,3 @@ def write_failures(path: str | Path, failures: list[Failure]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         for f in failures:
             fh.write(f.encode().decode("utf-8") + "\n")
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--method", default="pair-judge", choices=METHODS)
-    p.add_argument("--budget", type=int, default=None, help="how many to choose (default: all that qualify)")
-    p.add_argument("--threshold", type=float, default=0.0, help="pair-judge: minimum margin the target lost by")
-    p.add_argument("--seed", type=int, default=None, help="default: trainer.seed")
-    p.add_argument("--model-path", help="ifd: the target model")
-    p.add_argument("--from", dest="src", required=True, metavar="FILE", help="JSONL of Failure events")
-    p.add_argument("--out", required=True, metavar="FILE", help="where the chosen failures go (JSONL)")
-
-
-def run(args, cfg) -> int:
-    from arena_flywheel.cli import UsageError
-
-    if not Path(args.src).is_file():
-        raise UsageError(f"--from {args.src!r}: no such file (a JSONL of Failure events)")
-    if args.budget is not None and args.budget < 0:
-        raise UsageError("--budget must be >= 0, e.g. --budget 100")
-    if args.method == "ifd" and not args.model_path:
-        raise UsageError("--method ifd needs --model-path DIR (the target model), or use --method ifd-proxy")
-    try:
-        pool = read_failures(args.src)
-    except BadEvent as exc:
-        raise UsageError(exc.reason) from None
-    seed = cfg.trainer.seed if args.seed is None else args.seed
-    chosen = select(pool, args.method, args.budget, threshold=args.threshold, seed=seed, model_path=args.model_path)
-    write_failures(args.out, chosen)
-    print(f"{len(chosen)} of {len(pool)} failures chosen by {args.method} -> {args.out}")
-    return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from arena_flywheel.events import Verdict
-from consumers.judging.policies import _game_winner, position_flip
+from consumers.judging.policies import game_winner, position_flip
 
 
 @dataclass
@@ -28,7 +28,7 @@ class JudgeHealth:
             self.paired += 1
             self.flips += flip
         for g in v.games:
-            w = _game_winner(g)
+            w = game_winner(g)
             if w not in (None, "tie"):
                 self.decided_games += 1
                 shown_first = "model_a" if g.order == "ab" else "model_b"

@@ -30,7 +30,7 @@ def _has_scores(g: Game) -> bool:
     return g.score_a is not None and g.score_b is not None
 
 
-def _game_winner(g: Game) -> str | None:
+def game_winner(g: Game) -> str | None:
     """The battle side that won one game (model_a / model_b / tie), from its scores or else its label;
     None when the game decided nothing (unparsed)."""
     if _has_scores(g):
@@ -50,7 +50,7 @@ def _counted(games: list[Game]) -> bool:
 
 
 def _valid(games: list[Game]) -> list[Game] | None:
-    if not _counted(games) or any(_game_winner(g) is None for g in games):
+    if not _counted(games) or any(game_winner(g) is None for g in games):
         return None  # never a silent tie: an unparsed game makes the battle "invalid"
     return games
 
@@ -73,7 +73,7 @@ def fastchat(games: list[Game], tie_margin: float = 0.0) -> Outcome:
     with labels (MT-bench [[A]]/[[B]]/[[C]]) have no scores, and a win has margin 1."""
     if _valid(games) is None:
         return "invalid", None, None, 0.0
-    winners = {_game_winner(g) for g in games}
+    winners = {game_winner(g) for g in games}
     winner = winners.pop() if len(winners) == 1 else "tie"
     if all(_has_scores(g) for g in games):
         a = sum(g.score_a for g in games) / len(games)
@@ -90,7 +90,7 @@ def position_flip(games: list[Game]) -> bool | None:
     judged in one game (nothing to compare)."""
     if len(games) != 2 or _valid(games) is None:
         return None
-    return _game_winner(games[0]) != _game_winner(games[1])
+    return game_winner(games[0]) != game_winner(games[1])
 
 
 def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:

@@ -25,9 +25,30 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .broker import free_port, kafka_for
-from .config import CompetitorConfig, Config
-from .events import Instruction, competitor_name
+import datasets
+import httpx
+import transformers
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from arena_flywheel.broker import free_port, kafka_for
+from arena_flywheel.config import CompetitorConfig, Config
+from arena_flywheel.errors import InputError
+from arena_flywheel.events import Instruction, competitor_name
+from arena_flywheel.kafka import Publisher
+from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.store import LedgerStore
+from consumers.generate import GenerationPool
+from consumers.judge import JudgePool
+from consumers.ledger import Ledger
+from producers import tasks
+from trainer.service import TrainerService
+
+from .report import write_report
+from .watch import from_ledger, render
+from .zoo import DEMO, build_zoo
 
 log = logging.getLogger("arena.demo")
 
@@ -53,39 +74,6 @@ class DemoPlan:
 FULL_PLAN = DemoPlan(eval_size=100, train_per_iteration=150, iterations=3, stages=("sft", "dpo"), epochs=5.0,
                      dpo_args=(("num_train_epochs", 1.0), ("learning_rate", 1e-4)))
 FAST_PLAN = DemoPlan(eval_size=60, train_per_iteration=100, iterations=3, stages=("sft",))
-
-
-def add_arguments(p):
-    p.add_argument("--fast", action="store_true", help="a smaller run (used by the test suite)")
-    p.add_argument("--iterations", type=int, default=None, help="flywheel iterations (default 3)")
-    p.add_argument("--summary", metavar="PATH", help="write the JSON summary here (default: print it)")
-    p.add_argument("--data-dir", metavar="DIR", help="where the ledger, checkpoints and report go "
-                                                    "(default: data_dir of the config, ./arena-data)")
-    p.add_argument("--zoo-cache", metavar="DIR", help="where the trained zoo is cached across runs "
-                                                     "(default: $ARENA_ZOO_CACHE or ~/.cache/arena-flywheel/zoo)")
-    p.add_argument("--stages", help="training stages per iteration, comma-separated (e.g. sft,dpo)")
-    p.add_argument("--no-live", action="store_true", help="no live terminal table (plain progress lines)")
-    p.add_argument("--timeout", type=float, default=900, help="give up when a phase waits longer (seconds)")
-
-
-def _plan(args) -> DemoPlan:
-    from .cli import UsageError
-
-    plan = FAST_PLAN if args.fast else FULL_PLAN
-    over = {}
-    if args.iterations is not None:
-        if args.iterations < 1:
-            raise UsageError("--iterations must be at least 1, e.g. --iterations 3")
-        over["iterations"] = args.iterations
-    if args.stages:
-        stages = tuple(s.strip() for s in args.stages.split(",") if s.strip())
-        bad = [s for s in stages if s not in ("sft", "dpo", "reward", "rl")]
-        if bad or not stages:
-            raise UsageError(f"--stages: unknown stage {bad[0] if bad else '(none)'}; known: sft, dpo, reward, rl, e.g. --stages sft,dpo")
-        over["stages"] = stages
-    return DemoPlan(**{**plan.__dict__, **over})
-
-
 def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPlan) -> Config:
     """The demo's configuration: the zoo as competitors, the reference judge, target-vs-all battles."""
     cfg = cfg.model_copy(deep=True)
@@ -101,7 +89,6 @@ def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPla
     cfg.arena.battle_plan = "target-vs-all"
     cfg.judge.backend = "reference"
     cfg.judge.policy = "score-sum"
-    cfg.ratings.failure_margin = min(cfg.trainer.threshold_schedule)
     cfg.trainer.output_dir = str(data_dir / "checkpoints")
     cfg.trainer.stages = list(plan.stages)
     cfg.trainer.learning_rate = plan.learning_rate
@@ -111,6 +98,8 @@ def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPla
     # Measured (--fast): training on each round's failures alone went 726 -> 997 -> 894 -> 1079 (the small
     # second round overfit); with the earlier rounds' failures kept, 726 -> 997 -> 1052 -> 1087.
     cfg.trainer.accumulate = True
+    # A round trains on every failure of the slice that passes the threshold (the slice is the budget).
+    cfg.trainer.batch_size = plan.train_per_iteration
     return cfg
 
 
@@ -188,8 +177,6 @@ class LedgerView:
     """What the demo asks of the ledger while it runs: progress, ratings, failures, the summary."""
 
     def __init__(self, cfg: Config):
-        from consumers.ledger import LedgerStore
-
         self.cfg = cfg
         self.store = LedgerStore(cfg.db.url)
 
@@ -204,8 +191,6 @@ class LedgerView:
                    if r.model == model and r.checkpoint == checkpoint)
 
     def leaderboard(self, split: str = "eval") -> list:
-        from streams.engine import leaderboard_from_battles
-
         return leaderboard_from_battles(((v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split)),
                                         self.cfg.ratings)
 
@@ -228,19 +213,11 @@ class LedgerView:
 
 def _live_view(cfg: Config, title: str):
     """The `arena watch` table over the demo's ledger, under a line saying what the demo waits for."""
-    from rich.console import Group
-    from rich.text import Text
-
-    from streams.watch import from_ledger, render
-
     return Group(Text(title), render(from_ledger(cfg)))
 
 
 def _quiet_libraries() -> None:
     """The demo prints its own progress lines: no per-load / per-map progress bars from the libraries."""
-    import datasets
-    import transformers
-
     transformers.utils.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
     datasets.disable_progress_bars()
@@ -249,8 +226,6 @@ def _quiet_libraries() -> None:
 class Demo:
     def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900,
                  zoo_cache: Path | None = None):
-        from rich.console import Console
-
         self.cfg = cfg
         self.plan = plan
         self.data_dir = data_dir
@@ -270,10 +245,6 @@ class Demo:
 
     # --- the pieces ---------------------------------------------------------------------------
     def start_services(self, cfg: Config) -> None:
-        from consumers.generate import GenerationPool
-        from consumers.judge import JudgePool
-        from consumers.ledger import Ledger
-
         s = self.services
         s.thread("ledger", Ledger(cfg).run, s.stop_event)
         for comp in cfg.competitors:
@@ -284,7 +255,7 @@ class Demo:
         self.web_port = free_port()
         log_path = self.data_dir / "faust-worker.log"
         env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=cfg.kafka.bootstrap_servers)
-        p = subprocess.Popen([sys.executable, "-m", "arena_flywheel.cli", "--config", str(toml), "stream",
+        p = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(toml), "stream",
                               "--web-port", str(self.web_port)],
                              stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
                              cwd=str(self.data_dir))
@@ -292,8 +263,6 @@ class Demo:
         s.procs.append(p)
 
     def publish(self, cfg: Config, instructions: list[Instruction]) -> None:
-        from .kafka import Publisher
-
         with Publisher(cfg) as pub:
             for ins in instructions:
                 pub.send(ins)
@@ -304,8 +273,6 @@ class Demo:
         last = 0.0
         live = None
         if self.live:
-            from rich.live import Live
-
             live = Live(console=self.console, refresh_per_second=2, transient=True)
             live.start()
         try:
@@ -328,10 +295,6 @@ class Demo:
 
     # --- the flywheel -------------------------------------------------------------------------
     def run(self) -> dict:
-        from producers import tasks
-
-        from .zoo import DEMO, build_zoo
-
         _quiet_libraries()
 
         plan = self.plan
@@ -365,79 +328,85 @@ class Demo:
                 view.close()
 
     def _loop(self, cfg: Config, view: LedgerView, eval_set, slices) -> dict:
-        from trainer.select import select, with_earlier
-        from trainer.train import train_iteration
-
-        from .kafka import Publisher
-
         plan = self.plan
         target = "target"
         opponents = [c.name for c in cfg.competitors if c.name != target]
-        checkpoint, path = "base", next(c.model for c in cfg.competitors if c.name == target)
+        checkpoint = "base"
+        # The production trainer service (what `arena train` runs); the demo closes each round on command
+        # once the slice is judged, as `arena train --iteration N` does.
+        trainer = TrainerService(cfg)
         self.publish(cfg, eval_set + slices[0])
         self.say(f"fed {len(eval_set)} eval and {len(slices[0])} train instructions; "
                  f"{target} battles {', '.join(opponents)} (two games per battle, reference judge)")
-        used: dict = {}  # trainer.accumulate: earlier iterations' selections
-        for it in range(plan.iterations + 1):
-            comp = competitor_name(target, checkpoint)
-            want_eval = len(eval_set) * len(opponents)
-            want_train = len(slices[it]) * len(opponents)
+        try:
+            for it in range(plan.iterations + 1):
+                comp = competitor_name(target, checkpoint)
+                want_eval = len(eval_set) * len(opponents)
+                want_train = len(slices[it]) * len(opponents)
 
-            def progress(comp=comp, want_eval=want_eval, want_train=want_train):
-                e, t = view.verdicts_of(comp, "eval"), view.verdicts_of(comp, "train")
-                return e >= want_eval and t >= want_train, f"{e}/{want_eval} eval and {t}/{want_train} train verdicts"
+                def progress(comp=comp, want_eval=want_eval, want_train=want_train):
+                    e, t = view.verdicts_of(comp, "eval"), view.verdicts_of(comp, "train")
+                    return e >= want_eval and t >= want_train, f"{e}/{want_eval} eval and {t}/{want_train} train verdicts"
 
-            self.wait_for(f"verdicts of {comp}", progress, view)
-            row = {"iteration": it, "checkpoint": checkpoint, "competitor": comp, **view.row(comp),
-                   "failures_selected": self.failures_selected.get(it, 0), "failures_used": self.failures_used.get(it, 0)}
-            self.rows.append(row)
-            self.say(f"iteration {it}: {comp} rated {row['rating']:.0f} (95% CI {row['lower']:.0f}..{row['upper']:.0f})"
-                     f" over {row['battles']} eval battles")
-            if it == plan.iterations:
-                break
-            # The Faust worker publishes failures as verdicts arrive; the ledger has them by now,
-            # give a straggler a moment (at-least-once: a late one is just not used this round).
-            time.sleep(1.0)
-            threshold = cfg.trainer.threshold_schedule[min(it, len(cfg.trainer.threshold_schedule) - 1)]
-            pool = view.failures(target, checkpoint)
-            chosen = select(pool, method="pair-judge", threshold=threshold, seed=cfg.trainer.seed)
-            self.say(f"iteration {it + 1}: {len(chosen)} of {len(pool)} failures of {comp} lost by >= {threshold:g}; "
-                     f"training {' -> '.join(cfg.trainer.stages)}")
-            if not chosen:
-                raise RuntimeError(f"no failures of {comp} reached the threshold {threshold:g}: nothing to train on")
-            self.failures_selected[it + 1] = len(chosen)
-            if cfg.trainer.accumulate:
-                chosen = with_earlier(chosen, used)
-            with Publisher(cfg) as pub:
-                result = train_iteration(cfg, model_path=path, failures=chosen, iteration=it + 1, target=target,
-                                         parent=checkpoint, verdicts=view.verdicts("train"), publisher=pub)
-            self.failures_used[it + 1] = result.used
-            last = result.checkpoints[-1]
-            checkpoint, path = last.checkpoint, last.path
-            loss = last.metrics.get("train_loss")
-            self.say(f"iteration {it + 1}: checkpoint {checkpoint} saved"
-                     + (f" (train loss {loss:.3f})" if isinstance(loss, (int, float)) else "")
-                     + "; the target pool hot-plugs it and answers the eval split again")
+                self.wait_for(f"verdicts of {comp}", progress, view)
+                row = {"iteration": it, "checkpoint": checkpoint, "competitor": comp, **view.row(comp),
+                       "failures_selected": self.failures_selected.get(it, 0),
+                       "failures_used": self.failures_used.get(it, 0)}
+                self.rows.append(row)
+                self.say(f"iteration {it}: {comp} rated {row['rating']:.0f} (95% CI {row['lower']:.0f}.."
+                         f"{row['upper']:.0f}) over {row['battles']} eval battles")
+                if it == plan.iterations:
+                    break
+                # Failures come from the stream worker: wait until it has applied every verdict the ledger has.
+                self.wait_for("the stream worker to apply every verdict", self._stream_caught_up(view), view,
+                              interval=0.2)
+                threshold = cfg.threshold_for(it + 1)
+                self.say(f"iteration {it + 1}: closing the round of {comp} (failures lost by >= {threshold:g}); "
+                         f"training {' -> '.join(cfg.trainer.stages)}")
+                try:
+                    result = trainer.close_now(target, iteration=it + 1)
+                except InputError as exc:
+                    raise RuntimeError(f"nothing to train on: {exc}") from None
+                self.failures_selected[it + 1] = trainer.selected[(target, it + 1)]
+                self.failures_used[it + 1] = result.used
+                last = result.checkpoints[-1]
+                checkpoint = last.checkpoint
+                loss = last.metrics.get("train_loss")
+                self.say(f"iteration {it + 1}: {self.failures_selected[it + 1]} failures selected, {result.used} "
+                         f"trained on; checkpoint {checkpoint} saved"
+                         + (f" (train loss {loss:.3f})" if isinstance(loss, (int, float)) else "")
+                         + "; the target pool hot-plugs it and answers the eval split again")
 
-            def plugged(ckpt=checkpoint):
-                n = view.answered(target, ckpt)
-                return n >= len(eval_set), f"{n}/{len(eval_set)} eval answers"
+                def plugged(ckpt=checkpoint):
+                    n = view.answered(target, ckpt)
+                    return n >= len(eval_set), f"{n}/{len(eval_set)} eval answers"
 
-            self.wait_for(f"{target}@{checkpoint} to answer", plugged, view)
-            self.publish(cfg, slices[it + 1])
-            self.say(f"fed {len(slices[it + 1])} new train instructions")
+                self.wait_for(f"{target}@{checkpoint} to answer", plugged, view)
+                self.publish(cfg, slices[it + 1])
+                self.say(f"fed {len(slices[it + 1])} new train instructions")
+        finally:
+            trainer.close()
         return self.summary(view)
+
+    def _stream_caught_up(self, view: LedgerView):
+        """done() for wait_for: the worker's /leaderboard counts as many applied verdicts as the ledger holds
+        (its failures are then on the failures topic)."""
+        url = f"http://127.0.0.1:{self.web_port}/leaderboard"
+
+        def done():
+            want = view.counts().get("verdict", 0)
+            try:
+                got = int(httpx.get(url, timeout=2.0).json().get("verdicts") or 0)
+            except (httpx.HTTPError, ValueError):
+                got = -1
+            return got >= want, f"{max(got, 0)}/{want} verdicts applied"
+
+        return done
 
     def summary(self, view: LedgerView) -> dict:
         counts = view.counts()
         board = view.leaderboard()
-        plots = None
-        try:
-            from streams.report import write_report
-
-            plots = str(write_report(view.cfg, self.data_dir / "report"))
-        except ImportError:
-            pass
+        plots = str(write_report(view.cfg, self.data_dir / "report"))
         first, last = self.rows[0], self.rows[-1]
         return {
             "target": "target",
@@ -455,8 +424,6 @@ class Demo:
 
 
 def print_table(console, summary: dict) -> None:
-    from rich.table import Table
-
     t = Table(title="the target's rating per iteration (eval split, 95% bootstrap CI; new = failures selected, "
                     "trained = failures trained on)", title_justify="left")
     for col in ("iter", "checkpoint", "rating", "95% CI", "battles", "new", "trained"):
@@ -468,26 +435,3 @@ def print_table(console, summary: dict) -> None:
     ev = ", ".join(f"{k} {v}" for k, v in summary["events"].items())
     console.print(f"events: {ev}")
     console.print(f"ledger: {summary['ledger']}" + (f"; plots and tables: {summary['report']}" if summary["report"] else ""))
-
-
-def run(args, cfg: Config) -> int:
-    from .cli import UsageError
-
-    plan = _plan(args)
-    data_dir = Path(args.data_dir or cfg.data_dir).resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.kafka.bootstrap_servers:
-        raise UsageError("the demo runs on its own embedded broker: unset KAFKA_BOOTSTRAP_SERVERS "
-                         "(or kafka.bootstrap_servers) to run it")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    demo = Demo(cfg, plan, data_dir, live=not args.no_live, timeout=args.timeout,
-                zoo_cache=Path(args.zoo_cache) if args.zoo_cache else None)
-    summary = demo.run()
-    print_table(demo.console, summary)
-    text = json.dumps(summary, indent=2)
-    if args.summary:
-        Path(args.summary).write_text(text)
-        demo.console.print(f"summary written to {args.summary}")
-    else:
-        print(text)
-    return 0

@@ -15,9 +15,12 @@ import sys
 from pathlib import Path
 from typing import Any, Iterable
 
-from arena_flywheel.cli import UsageError
+import sqlalchemy as sa
 
-from .engine import PairCounts, Row, leaderboard, ratings_from_config
+from arena_flywheel.errors import UsageError
+from arena_flywheel.ratings import PairCounts, Row, leaderboard, ratings_from_config
+from arena_flywheel.store import open_ledger
+
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)", "invalid")
 FIELDS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
@@ -122,46 +125,14 @@ def counts_from_file(path: str, tie_margin: float = 0.0, split: str | None = Non
     return counts
 
 
-def ledger_verdicts(url: str, split: str, use_store: bool = True) -> list[tuple[str, str, str]]:
-    """Verdicts of `split` from the ledger: consumers.ledger's store when installed, else the
-    `payload` column of its `verdict` table read directly."""
-    LedgerStore = None
-    if use_store:
+def ledger_verdicts(url: str, split: str) -> list[tuple[str, str, str]]:
+    """(competitor_a, competitor_b, winner) of the ledger's verdicts of `split`."""
+    with open_ledger(url) as store:
         try:
-            from consumers.ledger import LedgerStore  # type: ignore
-        except ImportError:
-            pass
-    if LedgerStore is not None:
-        store = LedgerStore(url)
-        try:
-            return [(v.competitor_a, v.competitor_b, v.winner) for v in store.events("verdict", split=split)]
-        finally:
-            close = getattr(store, "close", None)
-            if close:
-                close()
-    import sqlalchemy as sa
-
-    db = sa.engine.make_url(url)
-    if db.get_backend_name() == "sqlite" and db.database not in (None, "", ":memory:") \
-            and not Path(db.database).exists():  # connecting would create an empty file
-        raise UsageError(f"{url}: no such ledger; run `arena ledger` first or pass --battles FILE")
-    engine = sa.create_engine(url)
-    try:
-        if not sa.inspect(engine).has_table("verdict"):
-            raise UsageError(f"{url}: no verdict table; run `arena ledger` first or pass --battles FILE")
-        with engine.connect() as conn:
-            payloads = [r[0] for r in conn.execute(sa.text("SELECT payload FROM verdict"))]
-    except sa.exc.SQLAlchemyError as exc:
-        raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__})") from None
-    finally:
-        engine.dispose()
-    out = []
-    for i, p in enumerate(payloads):
-        row = json.loads(p) if isinstance(p, (str, bytes)) else p
-        a, b, w, s = battle_of(row, 0.0, f"verdict row {i}")
-        if s == split:
-            out.append((a, b, w))
-    return out
+            return store.battles(split)
+        except sa.exc.SQLAlchemyError as exc:
+            raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__}); run `arena ledger` "
+                             "first or pass --battles FILE") from None
 
 
 # ------------------------------------------------------------------------------------------- output

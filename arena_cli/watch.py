@@ -7,12 +7,19 @@ Two sources, same table:
 """
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
 from arena_flywheel.config import Config
+from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.store import LedgerStore
+from consumers.judging.health import JudgeHealth
 
 
 @dataclass
@@ -26,10 +33,6 @@ class Snapshot:
 
 
 def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
-    from consumers.ledger import LedgerStore
-
-    from .engine import leaderboard_from_battles
-
     store = LedgerStore(cfg.db.url)
     try:
         verdicts = store.events("verdict", split=split)
@@ -45,8 +48,6 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
 
 def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, float]:
     """The judge health rates (consumers/judging/health.py) of these verdicts."""
-    from consumers.judging.health import JudgeHealth
-
     h = JudgeHealth()
     for v in verdicts:
         h.add(v, *(lengths or {}).get(v.battle_id, (None, None)))
@@ -54,8 +55,6 @@ def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) ->
 
 
 def from_url(url: str, timeout: float = 2.0) -> Snapshot:
-    import httpx
-
     base = url.rstrip("/")
     r = httpx.get(base if base.endswith("/leaderboard") else base + "/leaderboard", timeout=timeout)
     r.raise_for_status()
@@ -67,10 +66,6 @@ def from_url(url: str, timeout: float = 2.0) -> Snapshot:
 
 def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | None = None):
     """The leaderboard as a rich renderable; `start` = ratings when watching began (for the change column)."""
-    from rich.console import Group
-    from rich.table import Table
-    from rich.text import Text
-
     t = Table(expand=False)
     cols = [("rank", "right"), ("model", "left"), ("checkpoint", "left"), ("rating", "right"),
             ("95% CI", "right"), ("battles", "right"), ("win rate", "right")]
@@ -102,61 +97,6 @@ def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | 
 
 def render_text(snap: Snapshot, width: int = 120, **kw) -> str:
     """The same view as a plain string (tests, logs, non-terminals)."""
-    from rich.console import Console
-
     console = Console(width=width, record=True, file=open("/dev/null", "w"), color_system=None)
     console.print(render(snap, **kw))
     return console.export_text()
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--url", help="Faust worker web address, e.g. http://127.0.0.1:6066 (default: read the ledger)")
-    p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (ledger source)")
-    p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
-    p.add_argument("--once", action="store_true", help="print the table once and exit")
-    p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
-
-
-def run(args, cfg: Config) -> int:
-    from rich.console import Console
-    from rich.live import Live
-
-    from arena_flywheel.cli import UsageError
-
-    if args.interval <= 0:
-        raise UsageError("--interval must be positive, e.g. --interval 1")
-
-    def snap() -> Snapshot:
-        try:
-            return from_url(args.url) if args.url else from_ledger(cfg, args.split)
-        except Exception as exc:  # noqa: BLE001 - a watcher keeps watching through a restart
-            if args.once:
-                where = args.url or cfg.db.url
-                raise UsageError(f"cannot read the leaderboard from {where}: {type(exc).__name__}: {exc}") from None
-            return Snapshot(rows=[], source=f"unavailable: {exc}")
-
-    console = Console()
-    if args.once:
-        s = snap()
-        if args.json:
-            print(json.dumps(s.__dict__, indent=2, default=str))
-        else:
-            console.print(render(s))
-        return 0
-    first = snap()
-    start = {r["model"]: r["rating"] for r in first.rows}
-    prev = (first.verdicts, time.monotonic())
-    try:
-        with Live(render(first, start), console=console, refresh_per_second=4, screen=False) as live:
-            while True:
-                time.sleep(args.interval)
-                s = snap()
-                now = time.monotonic()
-                rate = max(0.0, (s.verdicts - prev[0]) / max(now - prev[1], 1e-6))
-                prev = (s.verdicts, now)
-                for r in s.rows:
-                    start.setdefault(r["model"], r["rating"])
-                live.update(render(s, start, rate))
-    except KeyboardInterrupt:
-        pass
-    return 0

@@ -1,12 +1,11 @@
-"""`arena broker` (foreground embedded broker) and `arena topics`."""
+"""`arena broker`: the embedded Tansu broker in the foreground."""
 from __future__ import annotations
 
 import signal
 import threading
 
-from .broker import EmbeddedBroker, kafka_for
-from .cli import Command
-from .kafka import TOPICS
+from arena_flywheel.broker import EmbeddedBroker, kafka_for
+
 
 
 def add_arguments(p):
@@ -33,21 +32,3 @@ def run(args, cfg):
         except KeyboardInterrupt:
             pass
     return 0
-
-
-def _topics_args(p):
-    pass
-
-
-def _topics_run(args, cfg):
-    with kafka_for(cfg) as (cfg, embedded):
-        for s in TOPICS:
-            parts = 1 if s.single_partition else cfg.kafka.partitions
-            policy = "compact" if s.compacted else "delete"
-            print(f"{cfg.topic(s.name):28s} key={s.key:16s} partitions={parts:<3d} cleanup={policy}")
-        if embedded:
-            print("(embedded broker: these topics vanish when this command exits; set KAFKA_BOOTSTRAP_SERVERS)")
-    return 0
-
-
-topics = Command(_topics_args, _topics_run)

@@ -14,7 +14,10 @@ import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .events import stable_hash
+from arena_flywheel.events import stable_hash
+from arena_flywheel.tinymodel import build_tiny_model
+from producers import tasks
+from trainer.train import quiet
 
 log = logging.getLogger(__name__)
 
@@ -90,9 +93,6 @@ def _train(work: Path, recipe: ZooRecipe, progress) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from producers import tasks
-
-    from .tinymodel import build_tiny_model
 
     base = build_tiny_model(work / "base", tasks.corpus(), vocab_size=recipe.vocab_size,
                             hidden_size=recipe.hidden_size, layers=recipe.layers, heads=recipe.heads,
@@ -119,8 +119,6 @@ def _train(work: Path, recipe: ZooRecipe, progress) -> None:
                      use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=50, max_length=64,
                      seed=recipe.seed, disable_tqdm=True, dataloader_num_workers=0,
                      bf16=_cuda())  # TRL defaults to bf16 autocast, ~6x slower on CPUs without bf16 units
-    from trainer.train import quiet
-
     trainer = quiet(SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok,
                                callbacks=[Snapshot()]))
     trainer.train()

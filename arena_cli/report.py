@@ -6,15 +6,13 @@ import csv
 from pathlib import Path
 
 from arena_flywheel.config import Config
+from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.store import LedgerStore
 
 COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
 
 
 def _rows(cfg: Config, split: str):
-    from consumers.ledger import LedgerStore
-
-    from .engine import leaderboard_from_battles
-
     store = LedgerStore(cfg.db.url)
     try:
         verdicts = store.events("verdict", split=split)
@@ -107,15 +105,3 @@ def write_report(cfg: Config, out: str | Path, split: str = "eval") -> Path:
         plot_ratings(rows, out / "ratings.png")
         plot_iterations(iteration_series(rows, checkpoints), out / "iterations.png")
     return out
-
-
-def add_arguments(p) -> None:
-    p.add_argument("--out", required=True, help="directory for ratings.png, iterations.png, leaderboard.md/.csv")
-    p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (default eval)")
-
-
-def run(args, cfg: Config) -> int:
-    out = write_report(cfg, args.out, args.split)
-    files = sorted(p.name for p in out.iterdir())
-    print(f"report in {out}: {', '.join(files)}")
-    return 0

@@ -1,0 +1,77 @@
+"""`arena export --what KIND`: read any event kind back from the SQL ledger as JSONL or CSV."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from typing import Any
+
+import sqlalchemy as sa
+
+from arena_flywheel.config import Config
+from arena_flywheel.errors import UsageError
+from arena_flywheel.store import LedgerStore, has_column, kind_of
+
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--what", required=True, metavar="KIND",
+                   help="instructions|responses|battles|verdicts|failures|checkpoints|deadletters")
+    p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"))
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--split", choices=("train", "eval"), help="only this split (kinds that have one)")
+    p.add_argument("--latest", action="store_true", help="failures: only the latest per instruction and target")
+    p.add_argument("--db", metavar="URL", help="database URL (default: db.url / $ARENA_DB_URL)")
+
+
+def _csv_cell(v: Any) -> Any:
+    return json.dumps(v, ensure_ascii=False) if isinstance(v, (list, dict)) else v
+
+
+def write_export(payloads: list[dict[str, Any]], fmt: str, out) -> None:
+    if fmt == "jsonl":
+        for p in payloads:
+            out.write(json.dumps(p, ensure_ascii=False) + "\n")
+        return
+    cols: dict[str, None] = {}  # top-level fields in order of first appearance; nested ones as JSON
+    for p in payloads:
+        cols.update(dict.fromkeys(p))
+    w = csv.DictWriter(out, fieldnames=list(cols), extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for p in payloads:
+        w.writerow({k: _csv_cell(v) for k, v in p.items()})
+
+
+def run(args, cfg: Config) -> int:
+    url = args.db or cfg.db.url
+    try:
+        kind = kind_of(args.what)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
+        store = LedgerStore(url, create=False)
+    except FileNotFoundError:
+        raise UsageError(f"{url}: no such ledger; feed something first (arena feed FILE) or pass --db URL") from None
+    try:
+        if kind == "failure" and args.latest:
+            payloads = [f.to_wire() for f in store.failures(split=args.split)]
+        else:
+            has_split = has_column(kind, "split")
+            if args.split and not has_split:
+                raise UsageError(f"{kind} events have no split; drop --split")
+            try:
+                payloads = store.payloads(kind, split=args.split if has_split else None)
+            except sa.exc.OperationalError as exc:
+                raise UsageError(f"{url}: cannot read the ledger ({exc.orig})") from None
+    finally:
+        store.close()
+    if args.out:
+        with open(args.out, "w", encoding="utf-8", newline="") as f:
+            write_export(payloads, args.format, f)
+        print(f"arena export: {len(payloads)} {kind} events -> {args.out}", file=sys.stderr)
+    else:
+        buf = io.StringIO()
+        write_export(payloads, args.format, buf)
+        sys.stdout.write(buf.getvalue())
+    return 0

@@ -1,0 +1,51 @@
+"""`arena train`: run the trainer service (failures in, checkpoints out), or close one iteration now."""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from arena_flywheel.config import Config
+from arena_flywheel.errors import UsageError, need_broker
+from trainer.service import TrainerService, group_id
+
+
+
+def add_arguments(p) -> None:
+    p.add_argument("--iteration", type=int, metavar="N", help="close iteration N now with the failures that "
+                   "qualify, train it and exit (default: run the service in the foreground)")
+    p.add_argument("--target", help="the target model (default: the only one in arena.targets / failures)")
+    p.add_argument("--max-idle", type=float, default=None, metavar="S", help="stop after S seconds without failures")
+
+
+def run(args, cfg: Config) -> int:
+    need_broker(cfg, "arena train")
+    if args.iteration is not None:
+        if args.iteration < 1:
+            raise UsageError("--iteration must be at least 1, e.g. --iteration 1")
+        svc = TrainerService(cfg)
+        try:
+            res = svc.close_now(args.target, iteration=args.iteration)
+        finally:
+            svc.close()
+        for ck in res.checkpoints:
+            print(f"{ck.model}@{ck.checkpoint} {ck.path} train_loss={ck.metrics.get('train_loss')} "
+                  f"failures_used={ck.metrics.get('failures_used')}")
+        return 0
+    # a closed round is the foreground command's output: show it without -v
+    svc_log = logging.getLogger(TrainerService.__module__)
+    svc_log.setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
+        if threading.current_thread() is threading.main_thread() else None
+    print(f"trainer on {cfg.kafka.bootstrap_servers}: group {group_id(cfg)}, rounds of {cfg.trainer.batch_size}, "
+          f"stages {' -> '.join(cfg.trainer.stages)}", flush=True)
+    try:
+        results = TrainerService(cfg).run(stop, max_idle_s=args.max_idle)
+    except KeyboardInterrupt:
+        results = []
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    print(f"trained {len(results)} iteration(s)")
+    return 0

@@ -1,0 +1,95 @@
+"""The floors of the house (docs/architecture.md), checked from the code's own imports.
+
+- the core (arena_flywheel) imports no stage and not the commands;
+- a stage (producers, consumers, streams, trainer) imports the core, other stages' public names only,
+  and never the commands (arena_cli);
+- no module imports a project module inside a function (the way cycles used to be dodged); imports of
+  third-party libraries may be lazy (heavy or optional ones: torch, vllm, ...).
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CORE = "arena_flywheel"
+STAGES = ("producers", "consumers", "streams", "trainer")
+TOP = "arena_cli"
+PROJECT = (CORE, *STAGES, TOP)
+
+
+def _modules():
+    for pkg in PROJECT:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            yield pkg, path
+
+
+def _imports(path: Path):
+    """(module imported, names, inside a function?, line) for every import of a project module."""
+    tree = ast.parse(path.read_text(), str(path))
+    parents: dict[ast.AST, ast.AST] = {}
+    for node in ast.walk(tree):
+        for child in ast.iter_child_nodes(node):
+            parents[child] = node
+    pkg_parts = (path.relative_to(ROOT) if path.is_relative_to(ROOT) else Path(path.name)).with_suffix("").parts
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            targets = [(a.name, []) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:  # relative: resolve against this module's package
+                base = list(pkg_parts[:-1]) if pkg_parts[-1] != "__init__" else list(pkg_parts[:-1])
+                base = base[: len(base) - (node.level - 1)]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            targets = [(mod, [a.name for a in node.names])]
+        else:
+            continue
+        local = False
+        p = parents.get(node)
+        while p is not None:
+            if isinstance(p, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                local = True
+                break
+            p = parents.get(p)
+        for mod, names in targets:
+            if mod.split(".")[0] in PROJECT:
+                yield mod, names, local, node.lineno
+
+
+def test_core_imports_no_stage_and_no_command():
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {mod}"
+           for pkg, path in _modules() if pkg == CORE
+           for mod, _, _, line in _imports(path) if mod.split(".")[0] != CORE]
+    assert not bad, "the core must not import stages or commands:\n" + "\n".join(bad)
+
+
+def test_stages_import_no_command_and_no_private_name_of_another_stage():
+    bad = []
+    for pkg, path in _modules():
+        if pkg not in STAGES:
+            continue
+        for mod, names, _, line in _imports(path):
+            top = mod.split(".")[0]
+            where = f"{path.relative_to(ROOT)}:{line}"
+            if top == TOP:
+                bad.append(f"{where} imports the commands ({mod})")
+            elif top in STAGES and top != pkg:
+                private = [n for n in names if n.startswith("_")]
+                private += [part for part in mod.split(".") if part.startswith("_")]
+                if private:
+                    bad.append(f"{where} imports private {', '.join(private)} of {mod}")
+    assert not bad, "\n".join(bad)
+
+
+def test_no_project_import_inside_a_function():
+    bad = [f"{path.relative_to(ROOT)}:{line} imports {mod} inside a function"
+           for _, path in _modules() for mod, _, local, line in _imports(path) if local]
+    assert not bad, "import project modules at the top of the module:\n" + "\n".join(bad)
+
+
+def test_the_checker_sees_a_violation(tmp_path):
+    """The checks above can fail: a core module importing a stage inside a function is seen as both."""
+    f = tmp_path / "mod.py"
+    f.write_text("def f():\n    from consumers.ledger import Ledger\n    return Ledger\n")
+    assert list(_imports(f)) == [("consumers.ledger", ["Ledger"], True, 2)]
