@@ -38,7 +38,7 @@ from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.errors import InputError
 from arena_flywheel.events import Instruction, competitor_name
 from arena_flywheel.kafka import Publisher
-from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.ratings import BradleyTerry
 from arena_flywheel.store import LedgerStore
 from consumers.generate import GenerationPool
 from consumers.judge import JudgePool
@@ -191,8 +191,8 @@ class LedgerView:
                    if r.model == model and r.checkpoint == checkpoint)
 
     def leaderboard(self, split: str = "eval") -> list:
-        return leaderboard_from_battles(((v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split)),
-                                        self.cfg.ratings)
+        return BradleyTerry.from_config(self.cfg.ratings).leaderboard_of_battles(
+            (v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split))
 
     def row(self, competitor: str) -> dict:
         for r in self.leaderboard():

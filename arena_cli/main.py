@@ -1,5 +1,5 @@
-"""The `arena` command. Each subcommand is a module of arena_cli.commands with `HELP`, `add_arguments(parser)`
-and `run(args, cfg) -> int`; a module is imported only when its command is chosen, so `arena --help` stays
+"""The `arena` command. Each subcommand is a module of arena_cli.commands with `add_arguments(parser)` and
+`run(args, cfg) -> int`, and a line in COMMANDS; a module is imported only when its command is chosen, so `arena --help` stays
 fast and a missing optional extra only affects its own command.
 
 Library code raises the typed errors of arena_flywheel.errors; this is the one place that turns them into a

@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from arena_flywheel.config import Config
-from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.ratings import BradleyTerry
 from arena_flywheel.store import LedgerStore
 
 COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
@@ -19,7 +19,8 @@ def _rows(cfg: Config, split: str):
         checkpoints = store.events("checkpoint")
     finally:
         store.close()
-    rows = leaderboard_from_battles(((v.competitor_a, v.competitor_b, v.winner) for v in verdicts), cfg.ratings)
+    rows = BradleyTerry.from_config(cfg.ratings).leaderboard_of_battles(
+        (v.competitor_a, v.competitor_b, v.winner) for v in verdicts)
     return rows, checkpoints
 
 

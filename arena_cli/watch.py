@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from arena_flywheel.config import Config
-from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.ratings import BradleyTerry
 from arena_flywheel.store import LedgerStore
 from consumers.judging.health import JudgeHealth
 
@@ -41,8 +41,8 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
                    for b in store.events("battle", split=split)}
     finally:
         store.close()
-    rows = [r.__dict__ for r in leaderboard_from_battles(
-        ((v.competitor_a, v.competitor_b, v.winner) for v in verdicts), cfg.ratings)]
+    rows = [r.__dict__ for r in BradleyTerry.from_config(cfg.ratings).leaderboard_of_battles(
+        (v.competitor_a, v.competitor_b, v.winner) for v in verdicts)]
     return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts, lengths), source=cfg.db.url)
 
 

@@ -55,6 +55,32 @@ class Batch:
         return [i.event for i in self.items]
 
 
+class Service:
+    """start() / close() and `with service:` for everything that holds clients (loops, pools, the ledger)."""
+
+    def start(self):
+        return self
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def close_consumer(consumer) -> None:
+    """Close a kafka-python consumer without committing: offsets are committed only after a batch's effects."""
+    if consumer is None:
+        return
+    try:
+        consumer.close(autocommit=False)
+    except Exception:  # noqa: BLE001 - closing anyway
+        log.debug("consumer close failed", exc_info=True)
+
+
 @dataclass
 class LoopStats:
     records: int = 0          # records polled (redeliveries included)
@@ -65,7 +91,7 @@ class LoopStats:
     publish_failures: int = 0  # batches read again because the publisher's flush failed
 
 
-class ConsumerLoop:
+class ConsumerLoop(Service):
     """A kafka-python group consumer over `topics`, run batch by batch through `handle(batch)`.
 
     `expect` is the event class records must decode to (None: any event). `handle` may publish with
@@ -96,27 +122,22 @@ class ConsumerLoop:
     def start(self) -> "ConsumerLoop":
         if self.consumer is not None:
             return self
-        if self.publisher is None:
-            self.publisher = Publisher(self.cfg)
+        self.ensure_publisher()
         self.consumer = make_consumer(self.cfg, self.topics, self.group, auto_offset_reset=self.auto_offset_reset)
         return self
 
     def close(self) -> None:
-        if self.consumer is not None:
-            try:
-                self.consumer.close(autocommit=False)  # offsets are committed only after a batch's effects
-            except Exception:  # noqa: BLE001 - closing anyway
-                log.debug("%s: consumer close failed", self.stage, exc_info=True)
-            self.consumer = None
+        close_consumer(self.consumer)
+        self.consumer = None
         if self._own_publisher and self.publisher is not None:
             self.publisher.close()
             self.publisher = None
 
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
+    def ensure_publisher(self) -> Publisher:
+        """The publisher the batch's events go through (made, and owned, on first use when none was given)."""
+        if self.publisher is None:
+            self.publisher = Publisher(self.cfg)
+        return self.publisher
 
     def assigned(self) -> bool:
         return bool(self.consumer is not None and self.consumer.assignment())
@@ -141,12 +162,8 @@ class ConsumerLoop:
     def regroup(self, group: str | None) -> None:
         """Continue under another consumer group (a generation pool's eval split after a hot-plug: every
         checkpoint answers the whole split). The next poll joins it."""
-        if self.consumer is not None:
-            try:
-                self.consumer.close(autocommit=False)  # its batches are committed already
-            except Exception:  # noqa: BLE001 - closing anyway
-                log.debug("%s: consumer close failed", self.stage, exc_info=True)
-            self.consumer = None
+        close_consumer(self.consumer)  # its batches are committed already
+        self.consumer = None
         self.group = group
 
     def pause(self) -> None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Iterable
 
 from .config import Config
+from .errors import BrokerError
 from .events import BadEvent, Checkpoint, DeadLetter, Event, Instruction, decode
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ def client_kwargs(cfg: Config) -> dict:
     """Connection and security settings common to kafka-python clients."""
     k = cfg.kafka
     if not k.bootstrap_servers:
-        raise RuntimeError("no Kafka bootstrap servers: start the embedded broker first (arena_flywheel.broker)")
+        raise BrokerError("no Kafka bootstrap servers: set KAFKA_BOOTSTRAP_SERVERS (or kafka.bootstrap_servers), "
+                          "or start one with arena_flywheel.broker.kafka_for(cfg)")
     kw: dict = {"bootstrap_servers": k.bootstrap_servers.split(","), "security_protocol": k.security_protocol}
     if k.sasl_mechanism:
         kw["sasl_mechanism"] = k.sasl_mechanism

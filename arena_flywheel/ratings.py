@@ -5,6 +5,10 @@ ties count half a win to each side, ratings are centred on `init` (or shifted so
 `anchor_rating`). The likelihood depends on the data only through the n x n matrices of wins and ties,
 so every fit (and every bootstrap refit) works on those matrices, never on the battle rows. See
 docs/ratings.md for the maths, the confidence intervals and measured speed.
+
+`BradleyTerry` (built once, e.g. `BradleyTerry.from_config(cfg.ratings)`) fits, bootstraps and makes the
+leaderboard; `StyleControlledBT` is its style-controlled sibling; `PairCounts` holds the data and
+`OnlineElo` is FastChat's sequential Elo.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import logging
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Iterable
 
 import numpy as np
@@ -230,45 +234,21 @@ def fit_theta(counts: PairCounts, warm_theta: np.ndarray | None = None) -> np.nd
         return _newton(S[None], N[None], t0[None].astype(float))[0]
 
 
-def fit_bt(counts: PairCounts, *, scale: float = 400.0, base: float = 10.0, init: float = 1000.0,
-           anchor: str | None = None, anchor_rating: float | None = None,
-           warm: dict[str, float] | None = None) -> dict[str, float]:
-    """Bradley-Terry maximum likelihood ratings {model: rating} (ties = half a win to each side)."""
-    if not counts.models:
-        return {}
-    theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
-    r = _to_ratings(theta, counts.models, scale=scale, base=base, init=init, anchor=anchor,
-                    anchor_rating=anchor_rating)
-    return {m: float(x) for m, x in zip(counts.models, r)}
-
 
 BOOT_CHUNKS = 4  # fixed, so a seed gives the same replicates on any number of cores
 
 
-def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: float = 400.0, base: float = 10.0,
-              init: float = 1000.0, anchor: str | None = None, anchor_rating: float | None = None,
-              warm: dict[str, float] | None = None, theta: np.ndarray | None = None,
-              tol: float = 1e-6, exact: bool = False) -> np.ndarray:
-    """Ratings of `rounds` bootstrap replicates, shape (rounds, len(models)).
-
-    Resampling the battles with replacement (FastChat) is the same as one multinomial draw of the
-    total over the (pair, outcome) cells with the observed frequencies, so we draw that directly and
-    refit all replicates of a chunk at once, in pair space, from the point estimate, with the point
-    estimate's Hessian (a replicate's Hessian differs by sampling noise only, so the iteration
-    converges in a few steps and needs one n x n inverse in all); replicates for which that does not
-    converge (or exact=True) are refitted by exact Newton. Chunks run in threads (the array maths
-    releases the GIL)."""
+def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: int, tol: float,
+                     exact: bool) -> np.ndarray:
+    """Strengths of `rounds` bootstrap replicates refitted from the point estimate `theta`, shape
+    (rounds, len(models)); see BradleyTerry.bootstrap."""
     n = len(counts.models)
-    if rounds <= 0 or n == 0:
-        return np.zeros((max(rounds, 0), n))
     W, T = counts.W, counts.T
     iu, ju = np.triu_indices(n, 1)
     cells = np.stack([W[iu, ju], T[iu, ju], W[ju, iu]], axis=1)  # (pairs, 3): i wins, tie, j wins
     keep = cells.sum(axis=1) > 0
     iu, ju, cells = iu[keep], ju[keep], cells[keep].astype(float)
     total = int(cells.sum())
-    if theta is None:
-        theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
     from scipy import sparse
 
     npairs = len(iu)
@@ -331,48 +311,7 @@ def bootstrap(counts: PairCounts, rounds: int = 100, seed: int = 0, *, scale: fl
                 parts = list(ex.map(chunk, zip(seeds, sizes)))
         else:
             parts = [chunk(a) for a in zip(seeds, sizes)]
-    th = np.concatenate(parts, axis=0)
-    return _to_ratings(th, counts.models, scale=scale, base=base, init=init, anchor=anchor,
-                       anchor_rating=anchor_rating)
-
-
-def sandwich_ci(counts: PairCounts, ratings: dict[str, float] | None = None, *, scale: float = 400.0,
-                base: float = 10.0, init: float = 1000.0, anchor: str | None = None,
-                anchor_rating: float | None = None, warm: dict[str, float] | None = None,
-                z: float = 1.959963984540054) -> dict[str, tuple[float, float]]:
-    """95% intervals from the robust (sandwich) covariance H^-1 J H^-1 of the strengths, where J sums
-    the outer products of per-battle scores (grouped by pair and outcome). Intervals are for the
-    ratings as reported: contrasts with the anchor, or deviations from the mean without one."""
-    models = counts.models
-    n = len(models)
-    if n == 0:
-        return {}
-    if ratings is None:
-        ratings = fit_bt(counts, scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating,
-                         warm=warm)
-    k = math.log(base) / scale
-    theta = np.array([ratings[m] for m in models]) * k
-    W, T = counts.W.astype(float), counts.T.astype(float)
-    P = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
-    N = W + W.T + T
-    M = N * P * (1.0 - P)
-    H = np.diag(M.sum(axis=1) + L2) - M
-    # per-battle score of pair (i, j) is (y - p_ij)(e_i - e_j), y = 1, 1/2, 0
-    V = W * (1.0 - P) ** 2 + W.T * P ** 2 + T * (0.5 - P) ** 2
-    V = np.triu(V + V.T, 1)
-    V = V + V.T
-    J = np.diag(V.sum(axis=1)) - V
-    with _one_blas_thread():
-        Hi = np.linalg.inv(H)
-        C = Hi @ J @ Hi
-    if anchor is not None and anchor in counts.index:
-        a = counts.index[anchor]
-        var = np.diag(C) + C[a, a] - 2 * C[:, a]
-    else:
-        Pc = np.eye(n) - 1.0 / n
-        var = np.diag(Pc @ C @ Pc)
-    sd = np.sqrt(np.maximum(var, 0.0)) / k
-    return {m: (ratings[m] - z * s, ratings[m] + z * s) for m, s in zip(models, sd)}
+    return np.concatenate(parts, axis=0)
 
 
 def rank_with_ci(lower, upper) -> list[int]:
@@ -437,125 +376,211 @@ class Row:
         return asdict(self)
 
 
-def leaderboard(counts: PairCounts, *, ci: str = "bootstrap", rounds: int = 100, seed: int = 0,
-                scale: float = 400.0, base: float = 10.0, init: float = 1000.0, anchor: str | None = None,
-                anchor_rating: float | None = None, warm: dict[str, float] | None = None) -> list[Row]:
-    """Rows sorted by rating (desc): BT rating, 95% CI (bootstrap percentiles, sandwich, or none:
-    lower = upper = rating), FastChat rank, battle counts and win rate."""
-    if counts.models != sorted(counts.models):
-        counts = counts.sorted()  # CIs must not depend on the order the battles arrived in
-    models = counts.models
-    if not models:
-        return []
-    kw = dict(scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating)
-    theta = fit_theta(counts, _warm_theta(counts, warm, scale, base))
-    r = _to_ratings(theta, models, **kw)
-    ratings = {m: float(x) for m, x in zip(models, r)}
-    if ci == "bootstrap" and rounds > 0:
-        boot = bootstrap(counts, rounds=rounds, seed=seed, theta=theta, **kw)
-        lower = np.quantile(boot, 0.025, axis=0)
-        upper = np.quantile(boot, 0.975, axis=0)
-    elif ci == "sandwich":
-        iv = sandwich_ci(counts, ratings, **kw)
-        lower = np.array([iv[m][0] for m in models])
-        upper = np.array([iv[m][1] for m in models])
-    elif ci in ("none", "bootstrap"):
-        lower = upper = r
-    else:
-        raise ValueError(f"unknown ci {ci!r}: use bootstrap, sandwich or none")
-    ranks = rank_with_ci(lower, upper)
-    W, T = counts.W, counts.T
-    wins, losses, ties = W.sum(axis=1), W.sum(axis=0), T.sum(axis=1)
-    rows = []
-    for i, m in enumerate(models):
-        nb = int(wins[i] + losses[i] + ties[i])
-        rows.append(Row(model=m, rating=ratings[m], lower=float(lower[i]), upper=float(upper[i]), rank=ranks[i],
-                        battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
-                        win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
-    rows.sort(key=lambda row: (-row.rating, row.model))
-    return rows
+# ------------------------------------------------------------------------------------------ models
+
+@dataclass(frozen=True, kw_only=True)
+class _Parametrisation:
+    """How natural-log strengths read as ratings (FastChat's): P(a beats b) = 1 / (1 + base ** ((R_b - R_a)
+    / scale)); ratings centred on `init`, or `anchor` pinned to `anchor_rating` (`init` when None)."""
+    scale: float = 400.0
+    base: float = 10.0
+    init: float = 1000.0
+    anchor: str | None = None
+    anchor_rating: float | None = None
+
+    @classmethod
+    def from_config(cls, cfg_ratings):
+        """The configured model (cfg.ratings, a RatingsConfig): anchor_rating counts only with an anchor."""
+        r = cfg_ratings
+        return cls(scale=r.scale, base=r.base, init=r.elo_init, anchor=r.anchor_model,
+                   anchor_rating=r.anchor_rating if r.anchor_model else None)
+
+    def _ratings(self, theta: np.ndarray, models: list[str]) -> np.ndarray:
+        return _to_ratings(theta, models, scale=self.scale, base=self.base, init=self.init, anchor=self.anchor,
+                           anchor_rating=self.anchor_rating)
 
 
-def win_rate_vs_baseline(counts: PairCounts, baseline: str, *, scale: float = 400.0, base: float = 10.0,
-                         ratings: dict[str, float] | None = None) -> dict[str, dict[str, float | int | None]]:
-    """Arena-hard / AlpacaEval style win rate of every model against `baseline`: `predicted` from the BT
-    ratings (defined even without direct battles), `observed` = (wins + ties/2) / battles against the
-    baseline directly (None without any), and that battle count."""
-    if baseline not in counts.index:
-        raise ValueError(f"baseline {baseline!r} has no battles")
-    if ratings is None:
-        ratings = fit_bt(counts, scale=scale, base=base)
-    b = counts.index[baseline]
-    W, T = counts.W, counts.T
-    out: dict[str, dict[str, float | int | None]] = {}
-    for m, i in counts.index.items():
-        n = int(W[i, b] + W[b, i] + T[i, b])
-        obs = float((W[i, b] + 0.5 * T[i, b]) / n) if n and i != b else None
-        pred = 1.0 / (1.0 + base ** ((ratings[baseline] - ratings[m]) / scale))
-        out[m] = {"predicted": pred, "observed": obs, "battles": n if i != b else 0}
-    return out
+@dataclass(frozen=True, kw_only=True)
+class BradleyTerry(_Parametrisation):
+    """Bradley-Terry on pair counts (ties = half a win to each side), with bootstrap or sandwich CIs.
+    Built once (e.g. `BradleyTerry.from_config(cfg.ratings)`) and used for every fit; `rounds` is the
+    default number of bootstrap replicates. Frozen: derive variants with dataclasses.replace."""
+    rounds: int = 100
+
+    @classmethod
+    def from_config(cls, cfg_ratings) -> "BradleyTerry":
+        return replace(super().from_config(cfg_ratings), rounds=cfg_ratings.bootstrap_rounds)
+
+    def fit(self, counts: PairCounts, *, warm: dict[str, float] | None = None) -> dict[str, float]:
+        """Maximum likelihood ratings {model: rating}; `warm`: earlier ratings to start from (same answer)."""
+        if not counts.models:
+            return {}
+        theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
+        return {m: float(x) for m, x in zip(counts.models, self._ratings(theta, counts.models))}
+
+    def bootstrap(self, counts: PairCounts, rounds: int | None = None, seed: int = 0, *,
+                  warm: dict[str, float] | None = None, theta: np.ndarray | None = None, tol: float = 1e-6,
+                  exact: bool = False) -> np.ndarray:
+        """Ratings of `rounds` (default self.rounds) bootstrap replicates, shape (rounds, len(models)).
+
+        Resampling the battles with replacement (FastChat) is the same as one multinomial draw of the
+        total over the (pair, outcome) cells with the observed frequencies, so we draw that directly and
+        refit all replicates of a chunk at once, in pair space, from the point estimate (`theta`, the
+        natural-log strengths, when the caller has it), with the point estimate's Hessian (a replicate's
+        Hessian differs by sampling noise only, so the iteration converges in a few steps and needs one
+        n x n inverse in all); replicates for which that does not converge (or exact=True) are refitted
+        by exact Newton. Chunks run in threads (the array maths releases the GIL)."""
+        rounds = self.rounds if rounds is None else rounds
+        n = len(counts.models)
+        if rounds <= 0 or n == 0:
+            return np.zeros((max(rounds, 0), n))
+        if theta is None:
+            theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
+        return self._ratings(_bootstrap_theta(counts, theta, rounds, seed, tol, exact), counts.models)
+
+    def sandwich_ci(self, counts: PairCounts, ratings: dict[str, float] | None = None, *,
+                    warm: dict[str, float] | None = None,
+                    z: float = 1.959963984540054) -> dict[str, tuple[float, float]]:
+        """95% intervals from the robust (sandwich) covariance H^-1 J H^-1 of the strengths, where J sums
+        the outer products of per-battle scores (grouped by pair and outcome). Intervals are for the
+        ratings as reported: contrasts with the anchor, or deviations from the mean without one."""
+        models = counts.models
+        n = len(models)
+        if n == 0:
+            return {}
+        if ratings is None:
+            ratings = self.fit(counts, warm=warm)
+        k = math.log(self.base) / self.scale
+        theta = np.array([ratings[m] for m in models]) * k
+        W, T = counts.W.astype(float), counts.T.astype(float)
+        P = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
+        N = W + W.T + T
+        M = N * P * (1.0 - P)
+        H = np.diag(M.sum(axis=1) + L2) - M
+        # per-battle score of pair (i, j) is (y - p_ij)(e_i - e_j), y = 1, 1/2, 0
+        V = W * (1.0 - P) ** 2 + W.T * P ** 2 + T * (0.5 - P) ** 2
+        V = np.triu(V + V.T, 1)
+        V = V + V.T
+        J = np.diag(V.sum(axis=1)) - V
+        with _one_blas_thread():
+            Hi = np.linalg.inv(H)
+            C = Hi @ J @ Hi
+        if self.anchor is not None and self.anchor in counts.index:
+            a = counts.index[self.anchor]
+            var = np.diag(C) + C[a, a] - 2 * C[:, a]
+        else:
+            Pc = np.eye(n) - 1.0 / n
+            var = np.diag(Pc @ C @ Pc)
+        sd = np.sqrt(np.maximum(var, 0.0)) / k
+        return {m: (ratings[m] - z * s, ratings[m] + z * s) for m, s in zip(models, sd)}
+
+    def leaderboard(self, counts: PairCounts, *, ci: str = "bootstrap", rounds: int | None = None, seed: int = 0,
+                    warm: dict[str, float] | None = None) -> list[Row]:
+        """Rows sorted by rating (desc): BT rating, 95% CI (bootstrap percentiles over `rounds`, default
+        self.rounds; sandwich; or none: lower = upper = rating), FastChat rank, battle counts, win rate."""
+        if counts.models != sorted(counts.models):
+            counts = counts.sorted()  # CIs must not depend on the order the battles arrived in
+        models = counts.models
+        if not models:
+            return []
+        rounds = self.rounds if rounds is None else rounds
+        theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
+        r = self._ratings(theta, models)
+        ratings = {m: float(x) for m, x in zip(models, r)}
+        if ci == "bootstrap" and rounds > 0:
+            boot = self.bootstrap(counts, rounds=rounds, seed=seed, theta=theta)
+            lower = np.quantile(boot, 0.025, axis=0)
+            upper = np.quantile(boot, 0.975, axis=0)
+        elif ci == "sandwich":
+            iv = self.sandwich_ci(counts, ratings)
+            lower = np.array([iv[m][0] for m in models])
+            upper = np.array([iv[m][1] for m in models])
+        elif ci in ("none", "bootstrap"):
+            lower = upper = r
+        else:
+            raise ValueError(f"unknown ci {ci!r}: use bootstrap, sandwich or none")
+        ranks = rank_with_ci(lower, upper)
+        W, T = counts.W, counts.T
+        wins, losses, ties = W.sum(axis=1), W.sum(axis=0), T.sum(axis=1)
+        rows = []
+        for i, m in enumerate(models):
+            nb = int(wins[i] + losses[i] + ties[i])
+            rows.append(Row(model=m, rating=ratings[m], lower=float(lower[i]), upper=float(upper[i]),
+                            rank=ranks[i], battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
+                            win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
+        rows.sort(key=lambda row: (-row.rating, row.model))
+        return rows
+
+    def leaderboard_of_battles(self, battles: Iterable[tuple[str, str, str]], *, ci: str = "bootstrap",
+                               rounds: int | None = None, seed: int = 0) -> list[Row]:
+        """The leaderboard of (model_a, model_b, winner) rows, e.g. the ledger's verdicts: what the demo,
+        `arena watch`, `arena report` and `arena iterations` show."""
+        return self.leaderboard(PairCounts.from_battles(battles), ci=ci, rounds=rounds, seed=seed)
+
+    def win_rate_vs_baseline(self, counts: PairCounts, baseline: str, *, ratings: dict[str, float] | None = None
+                             ) -> dict[str, dict[str, float | int | None]]:
+        """Arena-hard / AlpacaEval style win rate of every model against `baseline`: `predicted` from the BT
+        ratings (defined even without direct battles), `observed` = (wins + ties/2) / battles against the
+        baseline directly (None without any), and that battle count."""
+        if baseline not in counts.index:
+            raise ValueError(f"baseline {baseline!r} has no battles")
+        if ratings is None:
+            ratings = self.fit(counts)
+        b = counts.index[baseline]
+        W, T = counts.W, counts.T
+        out: dict[str, dict[str, float | int | None]] = {}
+        for m, i in counts.index.items():
+            n = int(W[i, b] + W[b, i] + T[i, b])
+            obs = float((W[i, b] + 0.5 * T[i, b]) / n) if n and i != b else None
+            pred = 1.0 / (1.0 + self.base ** ((ratings[baseline] - ratings[m]) / self.scale))
+            out[m] = {"predicted": pred, "observed": obs, "battles": n if i != b else 0}
+        return out
 
 
-def ratings_from_config(cfg_ratings) -> dict[str, Any]:
-    """leaderboard()/fit_bt() keyword arguments from cfg.ratings (RatingsConfig)."""
-    r = cfg_ratings
-    anchor = getattr(r, "anchor_model", None)
-    return {"rounds": r.bootstrap_rounds, "scale": r.scale, "base": r.base, "init": r.elo_init,
-            "anchor": anchor, "anchor_rating": r.anchor_rating if anchor else None}
+@dataclass(frozen=True, kw_only=True)
+class StyleControlledBT(_Parametrisation):
+    """Style-controlled BT (the idea of LMSYS's style control): logistic regression of the outcome on the
+    model indicators plus style covariates, so a judge's taste for long or heavily formatted answers is
+    credited to the covariates, not to the models. Same parametrisation and L2 as BradleyTerry."""
 
+    def fit(self, model_a, model_b, winner, style_a, style_b, *,
+            tol: float = 1e-10) -> tuple[dict[str, float], np.ndarray]:
+        """model_a, model_b, winner: one entry per battle; style_a, style_b: (battles, k) arrays of
+        non-negative style counts of each side's answer (e.g. tokens, headers, list items). The covariate
+        is the normalised difference (a - b) / (a + b), standardised. Returns (ratings, coefficients);
+        coefficient j is the log-odds change per standard deviation of covariate j. Rows are not grouped
+        (the covariates are continuous), so this costs O(battles) per Newton step."""
+        winner = np.asarray(winner)
+        rated = np.isin(winner, (A_WINS, B_WINS) + TIES)
+        ma, mb = np.asarray(model_a)[rated], np.asarray(model_b)[rated]
+        y = np.where(winner[rated] == A_WINS, 1.0, np.where(winner[rated] == B_WINS, 0.0, 0.5))
+        sa = np.asarray(style_a, dtype=float)[rated].reshape(len(y), -1)
+        sb = np.asarray(style_b, dtype=float)[rated].reshape(len(y), -1)
+        models = sorted(set(ma.tolist()) | set(mb.tolist()))
+        ix = {m: i for i, m in enumerate(models)}
+        ia = np.array([ix[m] for m in ma], dtype=np.int64)
+        ib = np.array([ix[m] for m in mb], dtype=np.int64)
+        den = sa + sb
+        F = np.divide(sa - sb, den, out=np.zeros_like(den), where=den > 0)
+        sd = F.std(axis=0)
+        F = (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+        n, k = len(models), F.shape[1]
+        from scipy import sparse
 
-def leaderboard_from_battles(rows: Iterable[tuple[str, str, str]], cfg_ratings, **overrides) -> list[Row]:
-    """The configured leaderboard (cfg.ratings; bootstrap CIs) of (model_a, model_b, winner) rows, e.g.
-    the ledger's verdicts: what the demo, `arena watch`, `arena report` and `arena iterations` show."""
-    return leaderboard(PairCounts.from_battles(rows), **{**ratings_from_config(cfg_ratings), **overrides})
-
-
-# ------------------------------------------------------------------------------------------ style control
-
-def fit_bt_style(model_a, model_b, winner, style_a, style_b, *, scale: float = 400.0, base: float = 10.0,
-                 init: float = 1000.0, anchor: str | None = None, anchor_rating: float | None = None,
-                 tol: float = 1e-10) -> tuple[dict[str, float], np.ndarray]:
-    """Style-controlled BT (the idea of LMSYS's style control): logistic regression of the outcome on
-    the model indicators plus style covariates, so a judge's taste for long or heavily formatted
-    answers is credited to the covariates, not to the models.
-
-    model_a, model_b, winner: one entry per battle; style_a, style_b: (battles, k) arrays of
-    non-negative style counts of each side's answer (e.g. tokens, headers, list items). The covariate
-    is the normalised difference (a - b) / (a + b), standardised. Returns (ratings, coefficients);
-    coefficient j is the log-odds change per standard deviation of covariate j. Rows are not grouped
-    (the covariates are continuous), so this costs O(battles) per Newton step."""
-    winner = np.asarray(winner)
-    rated = np.isin(winner, (A_WINS, B_WINS) + TIES)
-    ma, mb = np.asarray(model_a)[rated], np.asarray(model_b)[rated]
-    y = np.where(winner[rated] == A_WINS, 1.0, np.where(winner[rated] == B_WINS, 0.0, 0.5))
-    sa = np.asarray(style_a, dtype=float)[rated].reshape(len(y), -1)
-    sb = np.asarray(style_b, dtype=float)[rated].reshape(len(y), -1)
-    models = sorted(set(ma.tolist()) | set(mb.tolist()))
-    ix = {m: i for i, m in enumerate(models)}
-    ia = np.array([ix[m] for m in ma], dtype=np.int64)
-    ib = np.array([ix[m] for m in mb], dtype=np.int64)
-    den = sa + sb
-    F = np.divide(sa - sb, den, out=np.zeros_like(den), where=den > 0)
-    sd = F.std(axis=0)
-    F = (F - F.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
-    n, k = len(models), F.shape[1]
-    from scipy import sparse
-
-    rows = np.arange(len(y))
-    X = sparse.hstack([sparse.csr_matrix((np.r_[np.ones(len(y)), -np.ones(len(y))],
-                                          (np.r_[rows, rows], np.r_[ia, ib])), shape=(len(y), n)),
-                       sparse.csr_matrix(F)]).tocsr()
-    reg = np.r_[np.full(n, L2), np.full(k, L2)]
-    w = np.zeros(n + k)
-    with _one_blas_thread():
-        for _ in range(100):
-            p = 1.0 / (1.0 + np.exp(-(X @ w)))
-            g = X.T @ (y - p) - reg * w
-            H = (X.T @ sparse.diags(p * (1 - p)) @ X).toarray() + np.diag(reg)
-            step = np.linalg.solve(H, g)
-            step *= min(1.0, 3.0 / max(np.abs(step).max(), 1e-300))
-            w += step
-            if np.abs(step).max() < tol:
-                break
-    r = _to_ratings(w[:n], models, scale=scale, base=base, init=init, anchor=anchor, anchor_rating=anchor_rating)
-    return {m: float(v) for m, v in zip(models, r)}, w[n:]
+        rows = np.arange(len(y))
+        X = sparse.hstack([sparse.csr_matrix((np.r_[np.ones(len(y)), -np.ones(len(y))],
+                                              (np.r_[rows, rows], np.r_[ia, ib])), shape=(len(y), n)),
+                           sparse.csr_matrix(F)]).tocsr()
+        reg = np.r_[np.full(n, L2), np.full(k, L2)]
+        w = np.zeros(n + k)
+        with _one_blas_thread():
+            for _ in range(100):
+                p = 1.0 / (1.0 + np.exp(-(X @ w)))
+                g = X.T @ (y - p) - reg * w
+                H = (X.T @ sparse.diags(p * (1 - p)) @ X).toarray() + np.diag(reg)
+                step = np.linalg.solve(H, g)
+                step *= min(1.0, 3.0 / max(np.abs(step).max(), 1e-300))
+                w += step
+                if np.abs(step).max() < tol:
+                    break
+        return {m: float(v) for m, v in zip(models, self._ratings(w[:n], models))}, w[n:]

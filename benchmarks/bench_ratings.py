@@ -4,7 +4,7 @@ Peer (written here from FastChat's description of its Bradley-Terry leaderboard)
 unique (model_a, model_b, outcome) rows with counts, minimise the weighted logistic loss with scipy's
 L-BFGS-B (gtol 1e-6, at most 100 iterations, from zeros), then 100 bootstrap refits on multinomially
 resampled row weights in a multiprocessing pool with one process per core.
-Ours: streams.engine.PairCounts.from_arrays + leaderboard(ci="bootstrap", rounds=100).
+Ours: arena_flywheel.ratings: PairCounts.from_arrays + BradleyTerry().leaderboard(ci="bootstrap", rounds=100).
 Both start from the same integer arrays, in the same process; we print both times, the ratio, the
 largest rating difference, and the time of one warm refit after a single new verdict.
 
@@ -27,7 +27,9 @@ from scipy.special import expit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arena_flywheel.ratings import PairCounts, fit_bt, leaderboard, sandwich_ci  # noqa: E402
+from arena_flywheel.ratings import BradleyTerry, PairCounts  # noqa: E402
+
+BT = BradleyTerry()  # scale 400, base 10, init 1000: the peer's parametrisation
 
 
 def synthetic(n_battles: int, n_models: int, seed: int = 0, tie: float = 0.1):
@@ -107,10 +109,10 @@ def main(argv=None) -> int:
 
     def ours():
         counts = PairCounts.from_arrays(names, a, b, outcome)
-        return counts, leaderboard(counts, ci="bootstrap", rounds=args.rounds, seed=0)
+        return counts, BT.leaderboard(counts, ci="bootstrap", rounds=args.rounds, seed=0)
 
     t_ours, (counts, rows) = timed(ours, args.repeat)
-    t_fit, _ = timed(lambda: fit_bt(PairCounts.from_arrays(names, a, b, outcome)), args.repeat)
+    t_fit, _ = timed(lambda: BT.fit(PairCounts.from_arrays(names, a, b, outcome)), args.repeat)
     t_peer, (peer_point, peer_boot) = timed(lambda: peer_leaderboard(a, b, outcome, args.models, args.peer_rounds))
     t_peer_fit, _ = timed(lambda: peer_leaderboard(a, b, outcome, args.models, 0))
 
@@ -155,11 +157,11 @@ def main(argv=None) -> int:
         i, j = rng.choice(args.models, 2, replace=False)
         counts.add(names[i], names[j], "model_a")
         t = time.perf_counter()
-        warm = fit_bt(counts, warm=warm)
+        warm = BT.fit(counts, warm=warm)
         times.append(time.perf_counter() - t)
     print(f"incremental warm refit after one new verdict: median {np.median(times) * 1000:.2f} ms, "
           f"max {np.max(times) * 1000:.2f} ms (50 verdicts)")
-    t_s, _ = timed(lambda: sandwich_ci(counts, warm), args.repeat)
+    t_s, _ = timed(lambda: BT.sandwich_ci(counts, warm), args.repeat)
     print(f"sandwich CIs (given the fit): {t_s * 1000:.1f} ms")
     return 0
 

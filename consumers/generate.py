@@ -34,7 +34,7 @@ from typing import Any
 
 from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.events import BadEvent, Checkpoint, Instruction, Response, chat, decode
-from arena_flywheel.consume import Batch, ConsumerLoop, Item, join_all, run_loops
+from arena_flywheel.consume import Batch, ConsumerLoop, Item, Service, close_consumer, join_all, run_loops
 from arena_flywheel.kafka import Publisher, make_consumer
 from consumers.backends import Backend, BackendError, Completion, GenerationRequest, create_backend
 
@@ -78,7 +78,7 @@ class PoolStats:
     commit_failures: int = 0
 
 
-class GenerationPool:
+class GenerationPool(Service):
     """Answer instructions for one competitor. `run(stop_event, max_idle_s)` or `start()` + `run_once()`."""
 
     def __init__(self, cfg: Config, competitor: CompetitorConfig, backend: Backend | None = None, *,
@@ -135,12 +135,8 @@ class GenerationPool:
     def close(self) -> None:
         for lp in self._loops.values():
             lp.close()
-        if self._ckpt is not None:
-            try:
-                self._ckpt.close(autocommit=False)
-            except Exception:  # noqa: BLE001 - closing anyway
-                log.debug("consumer close failed", exc_info=True)
-            self._ckpt = None
+        close_consumer(self._ckpt)
+        self._ckpt = None
         if self._pub is not None:
             self._pub.close()
             self._pub = None
@@ -148,12 +144,6 @@ class GenerationPool:
             self.backend.close()
             self.backend = None
         self._started = False
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ------------------------------------------------------------------ checkpoints
     def _open_checkpoints(self) -> None:

@@ -15,7 +15,7 @@ import logging
 import threading
 
 from arena_flywheel.config import Config
-from arena_flywheel.consume import Batch, ConsumerLoop, run_loops
+from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.errors import ConfigError
 from arena_flywheel.events import Battle, JudgeInfo, Verdict
 from arena_flywheel.kafka import ensure_topics
@@ -38,7 +38,7 @@ def group_id(cfg: Config) -> str:
     return f"{cfg.kafka.topic_prefix}judge"
 
 
-class JudgePool:
+class JudgePool(Service):
     """Battles in, verdicts out: `run(stop_event, max_idle_s)`, or `poll_once()` + `close()`."""
 
     def __init__(self, cfg: Config):
@@ -61,7 +61,7 @@ class JudgePool:
             self.model_judge, self.infos = _model_judge(jc)
             self.info = self.infos[jc.template]
         self.health = JudgeHealth()
-        self.counts = {"battles": 0, "verdicts": 0, "invalid": 0}
+        self.counts = {"battles": 0, "verdicts": 0, "invalid": 0, "dead_letters": 0}
         ensure_topics(cfg)
         self.loop = ConsumerLoop(cfg, [cfg.topic("battles")], group_id(cfg), self.handle, expect=Battle,
                                  stage="judge", poll_timeout_ms=500).start()
@@ -94,6 +94,7 @@ class JudgePool:
     def handle(self, batch: Batch) -> None:
         """Judge one polled batch of battles (the consumer loop flushes and commits after)."""
         battles = [item.event for item in batch.items]
+        self.counts["dead_letters"] = self.loop.stats.dead_letters  # records that did not decode
         for battle, v in zip(battles, self.judge_many(battles) if battles else []):
             self.loop.publisher.send(v)
             self.counts["battles"] += 1
@@ -111,7 +112,7 @@ class JudgePool:
         return self.stats()
 
     def stats(self) -> dict:
-        return {**self.counts, "dead_letters": self.loop.stats.dead_letters, "health": self.health.summary()}
+        return {**self.counts, "health": self.health.summary()}
 
     def close(self) -> None:
         try:

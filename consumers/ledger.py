@@ -12,7 +12,7 @@ import threading
 import time
 
 from arena_flywheel.config import Config
-from arena_flywheel.consume import Batch, ConsumerLoop, run_loops
+from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.kafka import TOPICS
 from arena_flywheel.store import LedgerStore
 
@@ -21,7 +21,7 @@ def group_id(cfg: Config) -> str:
     return f"{cfg.kafka.topic_prefix}ledger"
 
 
-class Ledger:
+class Ledger(Service):
     """Consume every topic into the LedgerStore at cfg.db.url (at-least-once, idempotent on id)."""
 
     def __init__(self, cfg: Config, store: LedgerStore | None = None, *, max_records: int = 2000,
@@ -35,6 +35,10 @@ class Ledger:
                                  max_records=max_records)
         self.written = 0        # rows newly inserted
         self.last_record_at: float | None = None
+
+    @property
+    def consumer(self):  # the kafka-python consumer while running, None once closed
+        return self.loop.consumer
 
     @property
     def records(self) -> int:  # records consumed (duplicates included)
@@ -55,12 +59,6 @@ class Ledger:
         if self._own_store and self.store is not None:
             self.store.close()
             self.store = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
 
     def handle(self, batch: Batch) -> None:
         self.written += self.store.write(batch.events + batch.dead)

@@ -16,13 +16,14 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
-from arena_flywheel import ratings as E
 from arena_flywheel.config import Config
-from arena_flywheel.events import BadEvent, Checkpoint, DeadLetter, Instruction, Response, Verdict, decode
+from arena_flywheel.events import BadEvent, Checkpoint, DeadLetter, Instruction, Response, decode
+from arena_flywheel.ratings import BradleyTerry, OnlineElo, PairCounts
 from consumers.judging.health import JudgeHealth
 
 from . import state as S
 from .dashboard import DashboardState, install_dashboard
+from .reducer import RatingsRules, apply_verdicts
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,8 @@ class Stream:
         self.pairing = self.app.Table("pairing", default=None, key_type=str, value_type=None)
         self.ratings = self.app.Table("ratings", default=None, key_type=str, value_type=None)
         self.snapshot: dict[str, Any] = {"rows": [], "elo": {}, "counts": {}, "verdicts": 0, "generated_at": None}
+        self.rules = RatingsRules.from_config(cfg)
+        self.bt = BradleyTerry.from_config(cfg.ratings)
         self._warm = None
         self.stats = defaultdict(int)
         self._seen: dict[int, tuple[dict, set[str]]] = {}
@@ -201,94 +204,46 @@ class Stream:
         self.agents = (pairing, ratings, checkpoints)
 
     async def _apply(self, p: int, events) -> None:
-        """Apply one partition's verdicts: loss records and failures, then the partition record (offset,
-        counts, Elo, recent ids), then processed-id markers. Order matters; see docs/streams.md."""
-        cfg = self.cfg
-        targets = set(cfg.arena.targets)
+        """Apply one partition's verdicts (streams/reducer.py) and perform its writes in order: loss records
+        and failures, then the partition record, then the batch's id record. Order matters; see
+        docs/streams.md."""
         key = f"p:{p}"
-        st = self.ratings.data.get(key) or S.empty_partition_state()
+        st = self.ratings.data.get(key)
         seen = self._seen_ids(p, st)
-        elos = {}
-        batch_ids: list[str] = []
-        batch_set: set[str] = set()
-        created: list[float] = []
-        touched: dict[str, dict] = {}
-        for event in events:
-            off = event.message.offset
-            if off <= st["offset"]:
-                st["duplicates"] += 1
-                continue
-            st["offset"] = off
-            try:
-                v = decode(event.value, expect=Verdict)
-            except BadEvent as exc:
-                await self._dead(event, exc.reason, "stream.ratings")
-                continue
-            if v.id in seen or v.id in batch_set:
-                st["duplicates"] += 1
-                continue
-            batch_ids.append(v.id)
-            batch_set.add(v.id)
-            self.health.add(v)
-            # no id: the processed-id check above already dropped redeliveries; the page keeps no second id set
-            self.dashboard.add_verdict({"model_a": v.competitor_a, "model_b": v.competitor_b, "winner": v.winner})
-            created.append(v.created_at)
-            st["applied"] += 1
-            S.count(st["counts"][v.split], v.competitor_a, v.competitor_b, v.winner)
-            if v.winner == "invalid":
-                st["invalid"] += 1
-            else:
-                elo = elos.get(v.split)
-                if elo is None:
-                    d = st["elo"].get(v.split)
-                    r = cfg.ratings
-                    elo = E.OnlineElo.from_dict(d) if d else E.OnlineElo(k=r.elo_k, init=r.elo_init,
-                                                                           scale=r.scale, base=r.base)
-                    elos[v.split] = elo
-                elo.update(v.competitor_a, v.competitor_b, v.winner)
-            losses = S.target_losses(v, targets, cfg.failure_margin)
-            if losses:
-                lkey = f"l:{v.instruction_id}"
-                rec = touched.get(lkey) or dict(self.ratings.data.get(lkey) or {})
-                for e in losses:
-                    rec[e["verdict_id"] + ":" + e["side"]] = e
-                touched[lkey] = rec
-        for split, elo in elos.items():
-            st["elo"][split] = elo.to_dict()
+        red = apply_verdicts(p, st, seen, self.ratings.data, self.pairing.data,
+                             [(e.message.offset, e.value) for e in events], self.rules)
+        if red.dead:
+            by_offset = {e.message.offset: e for e in events}
+            for off, reason in red.dead:
+                await self._dead(by_offset[off], reason, "stream.ratings")
         # 1) loss records (idempotent: keyed by verdict id inside) and failures
-        for lkey, rec in touched.items():
+        for lkey, rec in red.loss_records.items():
             self._put(self.ratings, p, lkey, rec)
-            iid = lkey[2:]
-            for comp in sorted({e["target_competitor"] for e in rec.values() if e["selected"]}):
-                f = S.failure_for(iid, rec, comp, self.pairing.data.get(f"r:{iid}"),
-                                  self.pairing.data.get(f"i:{iid}"))
-                if f is not None:
-                    await self.t_failures.send(key=f.kafka_key().encode(), value=f.encode())
-                    self.dashboard.add_failure(f)
-                    self.stats["failures"] += 1
-                else:
-                    self.stats["failures_without_answers"] += 1
+        for f in red.failures:
+            await self.t_failures.send(key=f.kafka_key().encode(), value=f.encode())
+            self.dashboard.add_failure(f)
+        self.stats["failures"] += len(red.failures)
+        self.stats["failures_without_answers"] += red.missing_answers
         # 2) the partition record: offset + counts + Elo + this batch's ids, in one changelog record
-        # The previous batch's id record may have been lost in a crash right after the partition record
-        # landed (that record names it in "recent"): restore it before "recent" is replaced. Then only
-        # this batch's ids need to be in the record: earlier id records precede it in the changelog.
-        prev = st.get("recent_key")
-        if prev and prev not in self.ratings.data:
-            self._put(self.ratings, p, prev, st["recent"])
-        if batch_ids:
-            st["recent"], st["recent_key"] = batch_ids, f"b:{p}:{st['offset']}"
-        self._put(self.ratings, p, key, st)
+        if red.restore:
+            self._put(self.ratings, p, *red.restore)
+        self._put(self.ratings, p, key, red.state)
         # 3) the batch's processed ids, one record, for duplicates that arrive later as new records
-        if batch_ids:
-            self._put(self.ratings, p, st["recent_key"], batch_ids)
-            seen.update(batch_ids)
-        self.stats["verdicts"] += len(batch_ids)
+        if red.ids_record:
+            self._put(self.ratings, p, *red.ids_record)
+        seen.update(red.ids)
+        self._seen[p] = (red.state, seen)  # the cache follows the record object now in the table
+        for v in red.accepted:
+            self.health.add(v)
+            # no id: the processed-id check already dropped redeliveries; the page keeps no second id set
+            self.dashboard.add_verdict({"model_a": v.competitor_a, "model_b": v.competitor_b, "winner": v.winner})
+        self.stats["verdicts"] += len(red.ids)
         now = time.time()
         self.stats["last_update"] = now
         # produce -> table-update latency (created_at is stamped by the producer; same clock on one host)
-        self.latencies.extend(now - t for t in created)
+        self.latencies.extend(now - v.created_at for v in red.accepted)
 
-    def _seen_ids(self, p: int, st: dict) -> set[str]:
+    def _seen_ids(self, p: int, st: dict | None) -> set[str]:
         """Processed verdict ids of partition p, cached per process. The cache belongs to the partition
         record object it was built with: after a recovery or reassignment Faust puts a new object there,
         and the set is rebuilt from the table's id records."""
@@ -296,7 +251,7 @@ class Stream:
         if cached is not None and cached[0] is st:
             return cached[1]
         prefix = f"b:{p}:"
-        seen: set[str] = set(st.get("recent", []))
+        seen: set[str] = set((st or {}).get("recent", []))
         for k, ids in list(self.ratings.data.items()):
             if isinstance(k, str) and k.startswith(prefix):
                 seen.update(ids)
@@ -332,13 +287,12 @@ class Stream:
         for s in states:
             d = s["elo"].get("eval")
             if d:
-                for m, r in E.OnlineElo.from_dict(d).ratings.items():
+                for m, r in OnlineElo.from_dict(d).ratings.items():
                     sums[m].append(r)
         snap["elo"] = {m: sum(v) / len(v) for m, v in sorted(sums.items())}
         counts = self.pair_counts(states, "eval")
         if counts is not None and counts.models:
-            r = self.cfg.ratings
-            rows = E.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm, **E.ratings_from_config(r))
+            rows = self.bt.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm)
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]
         snap["health"] = self.health.rates()
@@ -365,7 +319,7 @@ class Stream:
 
     @staticmethod
     def pair_counts(states, split: str):
-        counts = E.PairCounts()
+        counts = PairCounts()
         for a, b, w, n in S.iter_counts(S.merge_counts(states, split)):
             counts.add(a, b, w, n=n)
         return counts

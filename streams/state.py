@@ -1,7 +1,8 @@
 """Pure state logic of the stream agents (no Faust here, so it is testable and reusable).
 
 - pairing: which battles an instruction's responses make under a battle plan;
-- ratings: how a batch of verdicts changes one partition's state, its loss records and its failures.
+- ratings: partition records, pairwise counts, loss records and failures (streams/reducer.py applies
+  a batch of verdicts with them).
 
 All state is plain JSON-able dicts: they are Faust table values, written to the changelog as one record
 each (a record is the unit that survives a crash, see docs/streams.md).
@@ -112,6 +113,18 @@ def empty_partition_state() -> dict[str, Any]:
 def count(counts: dict[str, dict[str, int]], a: str, b: str, winner: str) -> None:
     cell = counts.setdefault(f"{a}\t{b}", {})
     cell[winner] = cell.get(winner, 0) + 1
+
+
+def add_counts(counts: dict[str, dict[str, int]], added: dict[str, dict[str, int]]) -> dict[str, dict[str, int]]:
+    """`counts` plus `added` as a new dict; the cells that change are new dicts too, so `counts` (a table
+    value) stays as it was. Pairs and winners keep their first-seen order."""
+    out = dict(counts)
+    for pair, cell in added.items():
+        merged = dict(out.get(pair) or {})
+        for winner, n in cell.items():
+            merged[winner] = merged.get(winner, 0) + n
+        out[pair] = merged
+    return out
 
 
 def iter_counts(counts: dict[str, dict[str, int]]):

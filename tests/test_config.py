@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from arena_cli.main import main as cli_main
 from arena_flywheel.config import ConfigError, load_config, reference_markdown
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,17 +58,26 @@ def test_docs_configuration_is_current():
         "docs/configuration.md is stale: python -m arena_flywheel.config > docs/configuration.md"
 
 
-def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+def test_cli_bad_config_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "arena.toml"
     bad.write_text("[ratings]\nelo_k = -1\n")
-    r = subprocess.run([sys.executable, "-m", "arena_cli", "--config", str(bad), "topics"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert "ratings.elo_k" in r.stderr
+    assert cli_main(["--config", str(bad), "topics"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "ratings.elo_k" in err
+    # a key that was removed says what replaced it
+    bad.write_text("[ratings]\nfailure_margin = 2.0\n")
+    assert cli_main(["--config", str(bad), "topics"]) == 2
+    assert "min(trainer.threshold_schedule)" in capsys.readouterr().err
 
 
-def test_cli_unknown_command_exit_2():
-    r = subprocess.run([sys.executable, "-m", "arena_cli", "no-such-command"],
-                       capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "Traceback" not in r.stderr
+def test_cli_unknown_command_exit_2(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["no-such-command"])
+    assert exc.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli():
+    """`python -m arena_cli` is `arena` (the demo starts the stream worker this way)."""
+    r = subprocess.run([sys.executable, "-m", "arena_cli", "--help"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "consistency" in r.stdout

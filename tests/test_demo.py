@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from arena_cli.main import main as cli_main
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,14 +67,14 @@ def test_demo_fast_improves_the_target(tmp_path):
     assert last["checkpoint"] in text and "95% CI" in text and "judge:" in text
 
 
-def test_demo_refuses_bad_arguments(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "arena_cli", "demo", "--iterations", "0"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2
-    assert "--iterations" in proc.stderr and "Traceback" not in proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "arena_cli", "demo", "--stages", "sft,ppo"],
-                          cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "ppo" in proc.stderr and "Traceback" not in proc.stderr
+def test_demo_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert cli_main(["demo", "--iterations", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--iterations" in err and "Traceback" not in err
+    assert cli_main(["demo", "--stages", "sft,ppo"]) == 2
+    err = capsys.readouterr().err
+    assert "ppo" in err and "Traceback" not in err
 
 
 def test_watch_table_shows_change_rate_and_health():

@@ -11,10 +11,10 @@ import pytest
 from scipy.optimize import minimize
 
 from arena_cli.main import main
-from arena_flywheel.ratings import (L2, OnlineElo, PairCounts, bootstrap, fit_bt, leaderboard, rank_with_ci,
-                            ratings_from_config, sandwich_ci, win_rate_vs_baseline)
+from arena_flywheel.ratings import L2, BradleyTerry, OnlineElo, PairCounts, StyleControlledBT, rank_with_ci
 
 LN10 = math.log(10)
+BT = BradleyTerry()  # FastChat's defaults: scale 400, base 10, centred on 1000
 
 
 def simulate(strength: dict[str, float], n: int, seed: int, tie: float = 0.1) -> list[tuple[str, str, str]]:
@@ -57,7 +57,7 @@ STRENGTH = {"a": 1200.0, "b": 1100.0, "c": 1000.0, "d": 950.0, "e": 750.0}
 
 def test_fit_agrees_with_a_straightforward_maximum_likelihood():
     rows = simulate(STRENGTH, 600, seed=1)
-    got = fit_bt(PairCounts.from_battles(rows))
+    got = BT.fit(PairCounts.from_battles(rows))
     ref = reference_fit(rows, l2=L2)
     assert got.keys() == ref.keys()
     assert max(abs(got[m] - ref[m]) for m in got) < 1e-3
@@ -70,7 +70,7 @@ def test_ties_count_half_a_win_each():
     c = PairCounts()
     c.add("x", "y", "tie", n=10)
     c.add("x", "y", "tie (bothbad)", n=10)
-    r = fit_bt(c)
+    r = BT.fit(c)
     assert abs(r["x"] - r["y"]) < 1e-9
     # 3 wins, 1 loss, 2 ties (x100) score like 4 wins to 2 losses (x100)
     t = PairCounts()
@@ -80,7 +80,7 @@ def test_ties_count_half_a_win_each():
     d = PairCounts()
     d.add("x", "y", "model_a", n=400)
     d.add("x", "y", "model_b", n=200)
-    rt, rd = fit_bt(t), fit_bt(d)
+    rt, rd = BT.fit(t), BT.fit(d)
     assert abs((rt["x"] - rt["y"]) - (rd["x"] - rd["y"])) < 1e-6
     assert abs((rd["x"] - rd["y"]) - 400 * math.log10(2)) < 0.01  # 2:1 odds = 120.4 Elo
 
@@ -88,15 +88,16 @@ def test_ties_count_half_a_win_each():
 def test_anchor_pins_a_model_and_keeps_differences():
     rows = simulate(STRENGTH, 400, seed=2)
     c = PairCounts.from_battles(rows)
-    free = fit_bt(c)
-    pinned = fit_bt(c, anchor="c", anchor_rating=1114.0)
+    free = BT.fit(c)
+    pinned = BradleyTerry(anchor="c", anchor_rating=1114.0).fit(c)
     assert pinned["c"] == pytest.approx(1114.0)
     assert all(abs((pinned[m] - pinned["c"]) - (free[m] - free["c"])) < 1e-9 for m in free)
-    assert fit_bt(c, anchor="c")["c"] == pytest.approx(1000.0)  # anchor_rating defaults to init
+    assert BradleyTerry(anchor="c").fit(c)["c"] == pytest.approx(1000.0)  # anchor_rating defaults to init
     # a configured anchor without battles (early in a live arena) falls back to centring, no crash
-    absent = {r.model: r.rating for r in leaderboard(c, ci="sandwich", anchor="ghost", anchor_rating=1114.0)}
+    ghost = BradleyTerry(anchor="ghost", anchor_rating=1114.0)
+    absent = {r.model: r.rating for r in ghost.leaderboard(c, ci="sandwich")}
     assert absent == pytest.approx(free)
-    rows_ = leaderboard(c, ci="sandwich", anchor="c", anchor_rating=1114.0)
+    rows_ = BradleyTerry(anchor="c", anchor_rating=1114.0).leaderboard(c, ci="sandwich")
     anchor_row = next(r for r in rows_ if r.model == "c")
     assert anchor_row.lower == pytest.approx(1114.0) and anchor_row.upper == pytest.approx(1114.0)
 
@@ -107,10 +108,10 @@ def test_undefeated_and_winless_models_stay_finite_and_ordered():
     c.add("mid", "low", "model_a", n=3)
     c.add("mid", "low", "model_b", n=2)
     c.add("low", "bottom", "model_a", n=4)
-    r = fit_bt(c)
+    r = BT.fit(c)
     assert all(math.isfinite(v) for v in r.values())
     assert r["champ"] > r["mid"] > r["low"] > r["bottom"]
-    for row in leaderboard(c, ci="bootstrap", rounds=20):
+    for row in BT.leaderboard(c, ci="bootstrap", rounds=20):
         assert all(math.isfinite(x) for x in (row.rating, row.lower, row.upper))
 
 
@@ -118,19 +119,19 @@ def test_scale_base_and_init_follow_fastchat_parametrisation():
     c = PairCounts()
     c.add("x", "y", "model_a", n=3000)
     c.add("x", "y", "model_b", n=1000)
-    r = fit_bt(c, scale=400, base=10, init=1500)
+    r = BradleyTerry(scale=400, base=10, init=1500).fit(c)
     assert r["x"] + r["y"] == pytest.approx(3000)
     assert r["x"] - r["y"] == pytest.approx(400 * math.log10(3), abs=0.01)
-    e = fit_bt(c, scale=1, base=math.e, init=0)
+    e = BradleyTerry(scale=1, base=math.e, init=0).fit(c)
     assert e["x"] - e["y"] == pytest.approx(math.log(3), abs=1e-4)
 
 
 def test_warm_start_gives_the_same_answer():
     c = PairCounts.from_battles(simulate(STRENGTH, 500, seed=3))
-    cold = fit_bt(c)
+    cold = BT.fit(c)
     c.add("e", "a", "model_a")
-    warm = fit_bt(c, warm=cold)
-    fresh = fit_bt(c)
+    warm = BT.fit(c, warm=cold)
+    fresh = BT.fit(c)
     assert max(abs(warm[m] - fresh[m]) for m in fresh) < 1e-6
     assert warm["e"] > cold["e"]
 
@@ -147,10 +148,10 @@ def test_bootstrap_ci_covers_the_truth_in_most_simulations():
     cover_b, cover_s, total = 0, 0, 0
     for seed in range(20):
         c = PairCounts.from_battles(simulate(truth, 300, seed=100 + seed))
-        boot = bootstrap(c, rounds=100, seed=seed)
+        boot = BT.bootstrap(c, rounds=100, seed=seed)
         assert boot.shape == (100, 4)
         lo, hi = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
-        iv = sandwich_ci(c)
+        iv = BT.sandwich_ci(c)
         for i, m in enumerate(c.models):
             total += 1
             cover_b += lo[i] <= centred[m] <= hi[i]
@@ -165,16 +166,16 @@ def test_bootstrap_refits_equal_exact_newton_per_replicate(n):
     data where resampling triples a pair's games or separates a model."""
     c = PairCounts.from_battles(simulate(STRENGTH, n, seed=11)) if n > 3 else PairCounts.from_battles(
         [("x", "y", "model_a"), ("x", "z", "tie"), ("y", "z", "model_b")])
-    fast, exact = bootstrap(c, rounds=40, seed=3), bootstrap(c, rounds=40, seed=3, exact=True)
+    fast, exact = BT.bootstrap(c, rounds=40, seed=3), BT.bootstrap(c, rounds=40, seed=3, exact=True)
     assert np.isfinite(fast).all()
     assert np.abs(fast - exact).max() < 0.01
 
 
 def test_bootstrap_is_reproducible_and_resamples():
     c = PairCounts.from_battles(simulate(STRENGTH, 300, seed=4))
-    b1, b2 = bootstrap(c, rounds=30, seed=7), bootstrap(c, rounds=30, seed=7)
+    b1, b2 = BT.bootstrap(c, rounds=30, seed=7), BT.bootstrap(c, rounds=30, seed=7)
     assert np.array_equal(b1, b2)
-    assert not np.array_equal(b1, bootstrap(c, rounds=30, seed=8))
+    assert not np.array_equal(b1, BT.bootstrap(c, rounds=30, seed=8))
     assert b1.std(axis=0).min() > 1  # the replicates differ
 
 
@@ -213,8 +214,8 @@ def test_online_elo_matches_fastchat_update():
 
 def test_leaderboard_rows_and_win_rate_vs_baseline():
     c = PairCounts.from_battles(simulate(STRENGTH, 800, seed=5))
-    rows = leaderboard(c, ci="bootstrap", rounds=50)
-    fit = fit_bt(c)
+    rows = BT.leaderboard(c, ci="bootstrap", rounds=50)
+    fit = BT.fit(c)
     assert [r.model for r in rows] == sorted(fit, key=fit.get, reverse=True)
     assert rows[0].model == "a" and rows[-1].model == "e"
     assert rows[0].rank == 1 and rows[-1].rank > 1
@@ -223,20 +224,20 @@ def test_leaderboard_rows_and_win_rate_vs_baseline():
         assert r.lower <= r.rating <= r.upper
         assert r.battles == r.wins + r.ties + r.losses == c.battles(r.model)
         assert r.win_rate == pytest.approx((r.wins + r.ties / 2) / r.battles)
-    wr = win_rate_vs_baseline(c, "c")
+    wr = BT.win_rate_vs_baseline(c, "c")
     assert wr["c"]["predicted"] == pytest.approx(0.5) and wr["c"]["observed"] is None
     assert wr["a"]["predicted"] > 0.6 and wr["e"]["predicted"] < 0.4
     assert abs(wr["a"]["observed"] - wr["a"]["predicted"]) < 0.15
 
 
-def test_ratings_from_config():
+def test_bradley_terry_from_config():
     from arena_flywheel.config import load_config
 
     cfg = load_config(env={}, overrides={"ratings.bootstrap_rounds": 7, "ratings.anchor_model": "c",
                                          "ratings.anchor_rating": 1114.0})
-    kw = ratings_from_config(cfg.ratings)
-    assert kw["rounds"] == 7 and kw["anchor"] == "c" and kw["anchor_rating"] == 1114.0
-    rows = leaderboard(PairCounts.from_battles(simulate(STRENGTH, 200, seed=6)), ci="none", **kw)
+    bt = BradleyTerry.from_config(cfg.ratings)
+    assert bt.rounds == 7 and bt.anchor == "c" and bt.anchor_rating == 1114.0
+    rows = bt.leaderboard(PairCounts.from_battles(simulate(STRENGTH, 200, seed=6)), ci="none")
     assert next(r for r in rows if r.model == "c").rating == pytest.approx(1114.0)
 
 
@@ -254,7 +255,7 @@ def test_cli_jsonl_battles_and_verdicts(tmp_path, monkeypatch, capsys):
                  [{"model_a": "a", "model_b": "b", "winner": "invalid"}])
     assert main(["leaderboard", "--battles", str(f), "--format", "json", "--rounds", "20"]) == 0
     out = json.loads(capsys.readouterr().out)
-    expect = fit_bt(PairCounts.from_battles(rows))
+    expect = BT.fit(PairCounts.from_battles(rows))
     assert [r["model"] for r in out] == sorted(expect, key=expect.get, reverse=True)
     assert all(abs(r["rating"] - expect[r["model"]]) < 1e-6 for r in out)
     assert sum(r["battles"] for r in out) == 2 * len(rows)
@@ -285,7 +286,7 @@ def test_cli_csv(tmp_path, monkeypatch, capsys):
     assert main(["leaderboard", "--battles", str(f), "--format", "csv", "--rounds", "10"]) == 0
     out = list(csv.DictReader(capsys.readouterr().out.splitlines()))
     assert len(out) == 5 and out[0]["rank"] == "1" and set(out[0]) >= {"model", "rating", "lower", "upper"}
-    expect = fit_bt(PairCounts.from_battles(rows))
+    expect = BT.fit(PairCounts.from_battles(rows))
     assert all(abs(float(r["rating"]) - expect[r["model"]]) < 1e-3 for r in out)
 
 
@@ -345,8 +346,6 @@ def test_ledger_verdicts_on_real_sqlite(tmp_path):
 
 def test_style_control_removes_a_length_bias():
     """A judge that prefers longer answers inflates the verbose model; the style covariate takes it back."""
-    from arena_flywheel.ratings import fit_bt_style
-
     rng = np.random.default_rng(12)
     truth = {"a": 1100.0, "b": 1000.0, "verbose": 1000.0, "c": 900.0}
     length = {"a": 300, "b": 300, "verbose": 900, "c": 300}
@@ -359,8 +358,8 @@ def test_style_control_removes_a_length_bias():
         logit = (truth[a] - truth[b]) * LN10 / 400 + 1.5 * (xa - xb) / (xa + xb)
         ma.append(a), mb.append(b), la.append([xa]), lb.append([xb])
         win.append("model_a" if rng.random() < 1 / (1 + math.exp(-logit)) else "model_b")
-    plain = fit_bt(PairCounts.from_battles(zip(ma, mb, win)))
-    styled, coef = fit_bt_style(ma, mb, win, la, lb, anchor="b", anchor_rating=1000.0)
+    plain = BT.fit(PairCounts.from_battles(zip(ma, mb, win)))
+    styled, coef = StyleControlledBT(anchor="b", anchor_rating=1000.0).fit(ma, mb, win, la, lb)
     assert plain["verbose"] - plain["b"] > 40  # the bias is there
     assert abs(styled["verbose"] - 1000) < 30 and abs(styled["a"] - 1100) < 30 and abs(styled["c"] - 900) < 30
     assert coef[0] > 0
@@ -371,15 +370,14 @@ def test_the_same_battles_in_any_order_give_the_same_leaderboard():
     import random
 
     from arena_flywheel.config import RatingsConfig
-    from arena_flywheel.ratings import leaderboard_from_battles
 
     rows = simulate(STRENGTH, 300, seed=8)
     shuffled = list(rows)
     random.Random(1).shuffle(shuffled)
-    first = [r.as_dict() for r in leaderboard_from_battles(rows, RatingsConfig())]
-    again = [r.as_dict() for r in leaderboard_from_battles(shuffled, RatingsConfig())]
+    first = [r.as_dict() for r in BradleyTerry.from_config(RatingsConfig()).leaderboard_of_battles(rows)]
+    again = [r.as_dict() for r in BradleyTerry.from_config(RatingsConfig()).leaderboard_of_battles(shuffled)]
     assert first == again
-    assert [r.as_dict() for r in leaderboard(PairCounts.from_battles(shuffled))] == \
-        [r.as_dict() for r in leaderboard(PairCounts.from_battles(rows))]  # the stream's refits too
+    assert [r.as_dict() for r in BT.leaderboard(PairCounts.from_battles(shuffled))] == \
+        [r.as_dict() for r in BT.leaderboard(PairCounts.from_battles(rows))]  # the stream's refits too
     c = PairCounts.from_battles(shuffled)
-    assert c.sorted().models == sorted(c.models) and fit_bt(c.sorted()) == pytest.approx(fit_bt(c))
+    assert c.sorted().models == sorted(c.models) and BT.fit(c.sorted()) == pytest.approx(BT.fit(c))

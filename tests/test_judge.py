@@ -515,7 +515,7 @@ def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
     from arena_flywheel.config import Config
     from arena_flywheel.consistency import compute, load_board
     from consumers.judging.replay import RecordedJudgments, ReplayJudge
-    from arena_flywheel.ratings import leaderboard_from_battles
+    from arena_flywheel.ratings import BradleyTerry
 
     root = shared_data("vicuna_eval_2023")
     human = load_board(shared_data("reference_leaderboards/lmsys_arena_elo_results_20240329_leaderboard.csv"))
@@ -529,7 +529,7 @@ def test_replayed_vicuna_eval_orders_models_as_the_human_arena():
             rows.append((b.a.model, b.b.model, w))
     assert len(rows) == 1040
     board = {r.model: {"score": r.rating, "lower": r.lower, "upper": r.upper, "samples": None}
-             for r in leaderboard_from_battles(rows, Config().ratings)}
+             for r in BradleyTerry.from_config(Config().ratings).leaderboard_of_battles(rows)}
     names = {"gpt-3.5-turbo:20230327": "gpt-3.5-turbo-0314", "vicuna-13b:20230322-clean-lang": "vicuna-13b",
              "vicuna-7b:20230322-fp16": "vicuna-7b", "alpaca-13b:v1": "alpaca-13b", "llama-13b:v1": "llama-13b"}
     c = compute(board, human, names)

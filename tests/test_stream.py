@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
+from arena_cli.main import main as cli_main
 from arena_flywheel.broker import free_port
 from arena_flywheel.events import (Instruction, JudgeInfo, Message, Response, Verdict, competitor_name, decode)
 from arena_flywheel.kafka import Publisher, make_consumer
+from arena_flywheel.ratings import BradleyTerry, PairCounts
 from streams import state as S
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -180,7 +182,6 @@ def wait_for(fn, timeout: float = 60.0, every: float = 0.2):
 
 def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, worker_for):
     """2,000 eval verdicts (+10% duplicates) with a kill -9 part-way; then a target's train loss -> Failure."""
-    E = pytest.importorskip("streams.engine")
     rng = random.Random(7)
     models = ["m0", "m1", "m2", "m3", "tgt"]
     strength = {m: i * 0.5 for i, m in enumerate(models)}
@@ -237,11 +238,11 @@ def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, wor
     assert got == {k: n for k, n in expected.items() if k[2] != "invalid"}
     assert snap["invalid"] == sum(v.winner == "invalid" for v in unique.values())
 
-    counts = E.PairCounts()
+    counts = PairCounts()
     for (a, b, win), n in expected.items():
         if win != "invalid":
             counts.add(a, b, win, n=n)
-    offline = {r.model: r.rating for r in E.leaderboard(counts, ci="none", scale=400, base=10, init=1000)}
+    offline = {r.model: r.rating for r in BradleyTerry(scale=400, base=10, init=1000).leaderboard(counts, ci="none")}
     online = {r["model"]: r["rating"] for r in snap["rows"]}
     assert online.keys() == offline.keys()
     assert all(abs(online[m] - offline[m]) < 0.01 for m in offline), (online, offline)
@@ -277,8 +278,6 @@ def test_round_robin_pairs_every_distinct_competitor(cfg, worker_for):
     assert len(battles) == 6 and all(b.plan == "round-robin" and b.split == "eval" for b in battles)
 
 
-def test_cli_errors_are_one_line(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "arena_cli", "stream", "--web-port", "70000"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 2
-    assert out.stderr.strip() == "arena stream: --web-port must be 1..65535, e.g. --web-port 6066"
+def test_cli_errors_are_one_line(capsys):
+    assert cli_main(["stream", "--web-port", "70000"]) == 2
+    assert capsys.readouterr().err.strip() == "arena stream: --web-port must be 1..65535, e.g. --web-port 6066"

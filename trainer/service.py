@@ -23,7 +23,7 @@ import threading
 from dataclasses import dataclass, field
 
 from arena_flywheel.config import Config
-from arena_flywheel.consume import Batch, ConsumerLoop, run_loops
+from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.errors import ConfigError, InputError
 from arena_flywheel.events import Failure
 from arena_flywheel.kafka import Publisher, read_checkpoints, read_topic
@@ -62,7 +62,7 @@ def read_failure_events(cfg: Config, timeout_s: float = 10.0) -> list[Failure]:
     return read_topic(cfg, "failures", Failure, timeout_s)
 
 
-class TrainerService:
+class TrainerService(Service):
     """`run(stop_event, max_idle_s)` in the foreground, or `start()` + `poll_once()` + `close()`;
     `close_now(target, iteration)` closes a round on command."""
 
@@ -71,8 +71,6 @@ class TrainerService:
         self.targets: dict[str, TargetState] = {}
         self.results: list[IterationResult] = []
         self.selected: dict[tuple[str, int], int] = {}  # (target, iteration) -> failures newly selected
-        self._pub = publisher
-        self._own_pub = publisher is None
         self.loop = ConsumerLoop(cfg, [cfg.topic("failures")], group_id(cfg), self.handle, expect=Failure,
                                  stage="trainer", publisher=publisher, poll_timeout_ms=poll_timeout_ms)
 
@@ -82,14 +80,11 @@ class TrainerService:
 
     # ------------------------------------------------------------------ lifecycle
     def publisher(self) -> Publisher:
-        if self._pub is None:
-            self._pub = Publisher(self.cfg)
-        return self._pub
+        return self.loop.ensure_publisher()  # closed with the loop when the service made it
 
     def start(self) -> "TrainerService":
         if self.loop.consumer is not None:
             return self
-        self.loop.publisher = self.publisher()
         self.refresh_checkpoints()
         self.restore_used()
         self.loop.start()
@@ -98,15 +93,6 @@ class TrainerService:
 
     def close(self) -> None:
         self.loop.close()
-        if self._own_pub and self._pub is not None:
-            self._pub.close()
-            self._pub = None
-
-    def __enter__(self):
-        return self.start()
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ------------------------------------------------------------------ state
     def wanted(self, target: str) -> bool:

@@ -8,7 +8,7 @@ from arena_flywheel.config import Config
 from arena_flywheel.errors import need_broker
 from arena_flywheel.events import Checkpoint, competitor_name
 from arena_flywheel.kafka import read_checkpoints
-from arena_flywheel.ratings import leaderboard_from_battles
+from arena_flywheel.ratings import BradleyTerry
 from arena_flywheel.store import LedgerStore, open_ledger
 
 log = logging.getLogger(__name__)
@@ -21,7 +21,7 @@ def iteration_rows(cfg: Config, checkpoints: list[Checkpoint], split: str = "eva
     try:
         with open_ledger(cfg.db.url) as store:
             triples = store.battles(split)
-        ratings = {r.model: r for r in leaderboard_from_battles(triples, cfg.ratings)}
+        ratings = {r.model: r for r in BradleyTerry.from_config(cfg.ratings).leaderboard_of_battles(triples)}
         note = f"ratings: BT over {len(triples)} {split} verdicts in {cfg.db.url}"
     except Exception as exc:  # noqa: BLE001 - the table is still useful without ratings
         note = f"no ratings: {exc}"

@@ -12,13 +12,14 @@ import io
 import json
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 
 from arena_flywheel.errors import UsageError
-from arena_flywheel.ratings import PairCounts, Row, leaderboard, ratings_from_config
+from arena_flywheel.ratings import BradleyTerry, PairCounts, Row
 from arena_flywheel.store import open_ledger
 
 
@@ -170,22 +171,21 @@ def run(args, cfg) -> int:
         source = args.battles
     if not counts.models:
         raise UsageError(f"{source}: no rated battles (all invalid, or none in split {args.split!r})")
-    kw = ratings_from_config(cfg.ratings)
+    bt = BradleyTerry.from_config(cfg.ratings)
     if args.rounds is not None:
         if args.rounds < 0:
             raise UsageError("--rounds must be >= 0")
-        kw["rounds"] = args.rounds
+        bt = replace(bt, rounds=args.rounds)
     if args.anchor is not None:
         if args.anchor not in counts.index:
             raise UsageError(f"--anchor {args.anchor}: that model has no battles in {source}")
-        kw["anchor"] = args.anchor
-        kw["anchor_rating"] = args.anchor_rating
+        bt = replace(bt, anchor=args.anchor, anchor_rating=args.anchor_rating)
     elif args.anchor_rating is not None:
         raise UsageError("--anchor-rating needs --anchor MODEL")
-    elif kw["anchor"] is not None and kw["anchor"] not in counts.index:
-        print(f"note: configured anchor {kw['anchor']} has no battles here; ratings centred on "
-              f"{kw['init']:g} instead", file=sys.stderr)
-        kw["anchor"] = kw["anchor_rating"] = None
-    rows = leaderboard(counts, ci=args.ci, seed=args.seed, **kw)
+    elif bt.anchor is not None and bt.anchor not in counts.index:
+        print(f"note: configured anchor {bt.anchor} has no battles here; ratings centred on "
+              f"{bt.init:g} instead", file=sys.stderr)
+        bt = replace(bt, anchor=None, anchor_rating=None)
+    rows = bt.leaderboard(counts, ci=args.ci, seed=args.seed)
     print(render(rows, args.format))
     return 0
