@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from arena_flywheel.consume import Batch, ConsumerLoop, run_loops
 from arena_flywheel.events import DeadLetter, Instruction, JudgeInfo, Verdict, decode
 from arena_flywheel.kafka import Publisher, read_topic
@@ -55,6 +57,7 @@ def test_bad_records_are_dead_lettered_with_source_and_the_rest_handled(cfg):
     assert sorted(d.source for d in letters) == sorted(d.source for d in dead)
 
 
+@pytest.mark.slow
 def test_pause_keeps_the_group_and_resume_reads_what_came_meanwhile(cfg):
     topic = cfg.topic("instructions.eval")
     seen: list[str] = []
@@ -77,6 +80,7 @@ def test_pause_keeps_the_group_and_resume_reads_what_came_meanwhile(cfg):
     assert sorted(seen) == sorted(i.id for i in insts)
 
 
+@pytest.mark.slow
 def test_run_stops_when_idle_and_read_topic_sees_everything(cfg):
     insts = _instructions(5)
     with Publisher(cfg) as pub:

@@ -45,6 +45,7 @@ def _get_json(url, timeout=15):
         return json.loads(r.read())
 
 
+@pytest.mark.slow
 def test_dashboard_on_the_stream_worker(cfg, worker_for, tmp_path):
     """The real `arena stream` worker serves the page; a Verdict published to the verdicts topic after the
     page loaded shows up in the browser's table within 2 s of the worker applying it."""

@@ -21,6 +21,7 @@ def _env():
     return env
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_demo_fast_improves_the_target(tmp_path):
     summary_path = tmp_path / "summary.json"

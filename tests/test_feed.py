@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 
+import pytest
 
 from arena_flywheel.kafka import Publisher
 from arena_flywheel.store import LedgerStore
@@ -42,6 +43,7 @@ def test_shapes_map_to_instructions():
     assert got[6].user_turns == ["plain q"]
 
 
+@pytest.mark.slow
 def test_every_format(cfg, tmp_path):
     import datasets
     import pyarrow as pa
@@ -73,6 +75,7 @@ def test_every_format(cfg, tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_mt_bench_gives_80_two_turn_instructions(cfg):
     path = shared_data("mt_bench/question.jsonl")
     stats, store = feed_and_store(cfg, path, split="eval")
@@ -83,6 +86,7 @@ def test_mt_bench_gives_80_two_turn_instructions(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_vicuna_eval_questions_keep_their_ids(cfg):
     path = shared_data("vicuna_eval_2023/question.jsonl")  # {"question_id", "text", "category"}
     stats, store = feed_and_store(cfg, path, split="eval")
@@ -93,6 +97,7 @@ def test_vicuna_eval_questions_keep_their_ids(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_thousand_lines_one_broken_and_bad_inputs(cfg, tmp_path):
     lines = [json.dumps({"prompt": f"question number {i}"}).encode() for i in range(1000)]
     lines[500] = b'{"prompt": "unterminated'
@@ -122,6 +127,7 @@ def _cli_env(tmp_path) -> dict:
     return env
 
 
+@pytest.mark.slow
 def test_cli_feed_then_export(tmp_path):
     arena = str(ROOT / ".venv" / "bin" / "arena")
     src = tmp_path / "p.jsonl"
@@ -146,6 +152,7 @@ def test_cli_feed_then_export(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_cli_stdin_and_follow(tmp_path):
     import signal
     import time
@@ -159,14 +166,17 @@ def test_cli_stdin_and_follow(tmp_path):
     grow.write_text(json.dumps({"prompt": "first"}) + "\n")
     p = subprocess.Popen([arena, "feed", str(grow), "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
+    store = LedgerStore(env["ARENA_DB_URL"])
     try:
-        time.sleep(3)
+        deadline = time.monotonic() + 60
+        while store.count("instruction") < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)  # the follower has read and stored the file's first line
+        assert store.count("instruction") == 2
         with grow.open("a") as f:  # a line written in two parts: only the complete line is read
             f.write('{"prompt": "sec')
             f.flush()
             time.sleep(1)
             f.write('ond"}\n' + json.dumps({"prompt": "third"}) + "\n")
-        store = LedgerStore(env["ARENA_DB_URL"])
         deadline = time.monotonic() + 60
         while store.count("instruction") < 4 and time.monotonic() < deadline:
             time.sleep(0.2)  # the follower's ledger stores lines as they arrive

@@ -82,6 +82,7 @@ def test_conversation_feeds_the_models_own_answers():
                                                 {"role": "user", "content": "u2"}]
 
 
+@pytest.mark.slow
 def test_pool_end_to_end_multi_turn_commits_and_dead_letters(fast_cfg, tiny_model):
     cfg = fast_cfg
     train = [inst(f"train question {k}") for k in range(4)] + [inst("first", "second", system="Be brief.")]
@@ -118,6 +119,7 @@ def test_pool_end_to_end_multi_turn_commits_and_dead_letters(fast_cfg, tiny_mode
     assert s["tokens_per_s"] > 0 and s["lag"] == {"eval": 0, "train": 0}
 
 
+@pytest.mark.slow
 def test_hot_plug_tags_new_checkpoint_and_answers_eval_again(fast_cfg, tiny_model, tmp_path):
     from arena_flywheel.tinymodel import build_tiny_model
 
@@ -208,6 +210,7 @@ class FlakyBackend:
         pass
 
 
+@pytest.mark.slow
 def test_failing_backend_retries_then_dead_letters(fast_cfg):
     cfg = fast_cfg
     good = [inst(f"fine {k}") for k in range(3)]
@@ -229,6 +232,7 @@ def test_failing_backend_retries_then_dead_letters(fast_cfg):
     assert d.stage == "generate:flaky@base"
 
 
+@pytest.mark.slow
 def test_replay_competitor_over_the_stream(fast_cfg, tmp_path):
     cfg = fast_cfg
     answers = tmp_path / "answers.jsonl"
@@ -289,6 +293,7 @@ def test_cli_checkpoint_add_and_generate_usage(fast_cfg, tmp_path, monkeypatch, 
     assert "--remote" in err and "no competitor named 'unknown'" in err
 
 
+@pytest.mark.slow
 def test_cli_generate_runs_an_ad_hoc_competitor(fast_cfg, tmp_path, monkeypatch, capsys):
     from arena_cli.main import main
 

@@ -237,6 +237,7 @@ def test_model_judge_labels_and_reference_template():
     assert "42" in backend.requests[0].messages[0]["content"].split("Reference Answer]")[1]
 
 
+@pytest.mark.slow
 def test_tiny_model_judge_over_real_broker_gives_invalid_not_a_crash(cfg, tmp_path):
     """An untrained tiny transformers model as judge: its text never parses, so every verdict is
     `invalid` after the retries, counted in the health; nothing crashes and nothing is a silent tie."""
@@ -406,6 +407,7 @@ def test_replay_judge_gives_the_recorded_scores_in_one_game_and_refuses_to_inven
     assert ReplayJudge(rec, games=1).games([changed])[0][0].error.startswith("no recorded judgment")
 
 
+@pytest.mark.slow
 def test_replay_judge_pool_over_real_broker(cfg):
     import time as _t
 

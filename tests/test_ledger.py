@@ -73,6 +73,7 @@ def publish(cfg, events) -> None:
             pub.send(e)
 
 
+@pytest.mark.slow
 def test_every_event_kind_round_trips_through_the_broker(cfg):
     events = sample_events(3)
     publish(cfg, events)
@@ -96,6 +97,7 @@ def test_every_event_kind_round_trips_through_the_broker(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_redelivery_is_idempotent(cfg):
     events = sample_events(2)
     publish(cfg, events)
@@ -118,6 +120,7 @@ def test_redelivery_is_idempotent(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_offsets_are_committed_after_the_write(cfg):
     """A second Ledger in the same group starts after what the first one stored."""
     publish(cfg, sample_events(1))
@@ -160,6 +163,7 @@ def test_failures_latest_wins(tmp_path):
     store.close()
 
 
+@pytest.mark.slow
 def test_bad_records_are_dead_lettered_with_reason(cfg):
     good = sample_events(1)[0]
     with Publisher(cfg) as pub:
@@ -185,6 +189,7 @@ def test_bad_records_are_dead_lettered_with_reason(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_run_stops_on_event(cfg):
     publish(cfg, sample_events(1))
     stop = threading.Event()
@@ -205,6 +210,7 @@ def test_run_stops_on_event(cfg):
     store.close()
 
 
+@pytest.mark.slow
 def test_run_stops_when_idle(cfg):
     """`arena ledger --max-idle S`: stores what arrives, then stops once S seconds pass with nothing new."""
     import time

@@ -10,6 +10,7 @@ from tests.conftest import shared_data
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_replay_vicuna_eval_recipe(tmp_path):
     """docs/recipes/replay-vicuna-eval.sh: feed, seven replay pools, the Faust worker, the replayed GPT-4

@@ -119,6 +119,7 @@ def _cfg_for_training(cfg, tmp_path, stages, **kw):
     return c
 
 
+@pytest.mark.slow
 def test_every_stage_produces_a_loadable_checkpoint(cfg, tmp_path, tiny_model):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
@@ -199,6 +200,7 @@ def _wait(pred, timeout=60.0, step=0.2):
         time.sleep(step)
 
 
+@pytest.mark.slow
 def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_path, tiny_model):
     import threading
 
@@ -287,6 +289,7 @@ def _read_all(cfg, name, cls):
         con.close(autocommit=False)
 
 
+@pytest.mark.slow
 def test_cli_train_closes_an_iteration_now_and_iterations_prints_the_table(cfg, tmp_path, tiny_model, capsys):
     import sqlite3
 
@@ -409,6 +412,7 @@ def test_accumulate_keeps_earlier_rounds_and_the_newest_record():
     assert len(r2) == 3 and newer in r2 and failure(2) not in r2  # one record per instruction, newest wins
 
 
+@pytest.mark.slow
 def test_a_restarted_service_restores_accumulated_failures_from_topic_and_ledger(cfg, tmp_path, caplog):
     """trainer.accumulate after a restart: the failures the current checkpoint trained on come back from
     the failures topic, and from the SQL ledger for one the topic lost; one found nowhere is reported."""
