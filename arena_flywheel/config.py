@@ -110,6 +110,18 @@ class JudgeConfig(Section):
     timeout_s: float = Field(120.0, gt=0)
 
 
+class LimitsConfig(Section):
+    """What a record may hold before it is refused as hostile or broken (docs/events.md, "Limits")."""
+    max_record_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="larger Kafka values and input lines "
+                                  "are dead letters (the producer's request limit is 16 MiB)")
+    max_depth: int = Field(32, ge=4, description="deepest JSON nesting of a record")
+    max_int_digits: int = Field(64, ge=4, description="longest integer literal in a record")
+    max_text_chars: int = Field(1_000_000, ge=100, description="longest text field of an event (a prompt, an "
+                                "answer, a judge's reply); the feed's own max_prompt_chars is stricter")
+    dead_letter_excerpt_bytes: int = Field(4096, ge=64, description="a dead letter keeps this much of the raw "
+                                           "record (and its size), never the whole oversized value")
+
+
 class ArenaConfig(Section):
     battle_plan: Literal["target-vs-all", "round-robin", "sampled"] = "target-vs-all"
     targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")
@@ -161,6 +173,7 @@ class Config(Section):
     judge: JudgeConfig = JudgeConfig()
     ratings: RatingsConfig = RatingsConfig()
     trainer: TrainerConfig = TrainerConfig()
+    limits: LimitsConfig = LimitsConfig()
 
     def topic(self, name: str) -> str:
         return f"{self.kafka.topic_prefix}{name}"
