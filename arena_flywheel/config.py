@@ -108,6 +108,9 @@ class JudgeConfig(Section):
     max_new_tokens: int = Field(512, ge=1)
     concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(120.0, gt=0)
+    injection_probe: int = Field(0, ge=0, description=(
+        "judge the first N battles once more as answer X against X + a prompt-injection suffix; the judge "
+        "health reports injection_rate (docs/judges.md)"))
 
 
 class LimitsConfig(Section):

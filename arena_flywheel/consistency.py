@@ -11,9 +11,7 @@ percent (the paper does not spell its formula out; this is the arena-hard-auto n
 """
 from __future__ import annotations
 
-import csv
 import itertools
-import json
 import math
 import warnings
 from pathlib import Path
@@ -21,42 +19,81 @@ from pathlib import Path
 from scipy import stats
 
 from .errors import InputError
+from .records import limits_of, read_records
+from .safejson import JSONLimitError, loads
 
 
 
-def _read_rows(path: Path) -> list[dict]:
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    text = path.read_text()
-    if path.suffix == ".csv":
-        return list(csv.DictReader(text.splitlines()))
-    stripped = text.strip()
-    if stripped.startswith("["):
-        return json.loads(stripped)
-    if stripped.startswith("{") and "\n" not in stripped:
-        data = json.loads(stripped)
-        return data.get("leaderboard") or data.get("models") or [data]
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+_BOARD_KEYS = ("leaderboard", "models", "data")
 
 
-def load_board(path: Path, score_keys=("score", "rating")) -> dict[str, dict]:
-    """model -> {score, lower, upper, samples}; accepts arena-hard, LMSYS and `arena leaderboard` shapes."""
+def _read_rows(path: Path, limits=None) -> list[tuple[str, dict]]:
+    """(location, row) of a leaderboard file: CSV, a JSON list, {"leaderboard"|"models": [...]}, or JSONL;
+    one InputError for the first bad row or a broken file."""
+    rows = []
+    for rec in read_records(path, limits, name=str(path), sniff=True, unwrap=_BOARD_KEYS, single_object=True):
+        if rec.error:
+            raise InputError(f"{rec.source}: {rec.error}")
+        rows.append((rec.source, rec.data))
+    if len(rows) == 1:  # one JSON line holding the whole board
+        where, only = rows[0]
+        inner = next((only[k] for k in _BOARD_KEYS if isinstance(only.get(k), list)), None)
+        if inner is not None:
+            key = next(k for k in _BOARD_KEYS if only.get(k) is inner)
+            rows = [(f"{where}.{key}[{i}]", r) for i, r in enumerate(inner)]
+            bad = next(((w, r) for w, r in rows if not isinstance(r, dict)), None)
+            if bad is not None:
+                raise InputError(f"{bad[0]}: expected a JSON object, got {type(bad[1]).__name__}")
+    return rows
+
+
+def _short(v) -> str:
+    text = repr(v)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _number(value, what: str, where: str) -> float:
+    if isinstance(value, bool):
+        raise InputError(f"{where}: {what} {_short(value)} is not a number")
+    try:
+        v = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise InputError(f"{where}: {what} {_short(value)} is not a number") from None
+    if not math.isfinite(v):
+        raise InputError(f"{where}: {what} {_short(value)} is not a finite number")
+    return v
+
+
+def load_board(path: Path, score_keys=("score", "rating"), limits=None) -> dict[str, dict]:
+    """model -> {score, lower, upper, samples}; accepts arena-hard, LMSYS and `arena leaderboard` shapes.
+    A malformed file or row (not a number, bad JSON or UTF-8, too deep, a huge integer) is one InputError
+    naming its location."""
+    lim = limits_of(limits)
     board = {}
-    for row in _read_rows(Path(path)):
+    for where, row in _read_rows(Path(path), lim):
         key = next((k for k in score_keys if row.get(k) not in (None, "")), None)
         if "model" not in row or key is None:
-            raise InputError(f"{path}: every row needs `model` and one of {', '.join(score_keys)}")
-        score = float(row[key])
+            raise InputError(f"{where}: every row needs `model` and one of {', '.join(score_keys)}")
+        model = row["model"]
+        if not isinstance(model, str) or not model:
+            raise InputError(f"{where}: model {_short(model)} is not a name")
+        score = _number(row[key], key, where)
         lower = row.get("lower", row.get("rating_q025"))
         upper = row.get("upper", row.get("rating_q975"))
         samples = row.get("results")
         if isinstance(samples, str):
-            samples = json.loads(samples) if samples.strip() else None
-        board[row["model"]] = {
+            try:
+                samples = loads(samples, max_bytes=lim.max_record_bytes, max_depth=lim.max_depth,
+                                max_int_digits=lim.max_int_digits) if samples.strip() else None
+            except JSONLimitError as exc:
+                raise InputError(f"{where}: results: {exc}") from None
+        if samples is not None and not isinstance(samples, list):
+            raise InputError(f"{where}: results must be a list of numbers, not {type(samples).__name__}")
+        board[model] = {
             "score": score,
-            "lower": float(lower) if lower not in (None, "") else score,
-            "upper": float(upper) if upper not in (None, "") else score,
-            "samples": [float(s) for s in samples] if samples else None,
+            "lower": _number(lower, "lower", where) if lower not in (None, "") else score,
+            "upper": _number(upper, "upper", where) if upper not in (None, "") else score,
+            "samples": [_number(s, "results", where) for s in samples] if samples else None,
         }
     return board
 

@@ -4,7 +4,9 @@ A `ConsumerLoop` owns everything that is the same for all of them:
 
 - joining the group (with the Tansu workaround: see `join`),
 - polling a batch, decoding each record into the expected event type,
-- dead-lettering what does not decode, with source `topic[partition]@offset` and the decoder's reason,
+- dead-lettering what does not decode within `cfg.limits`, with source `topic[partition]@offset`, the
+  decoder's reason and a bounded excerpt of the raw bytes (`DeadLetter.of`), so a poison record of any size
+  or shape becomes a small dead letter and the loop goes on,
 - handing the decoded batch to the service (`handle(batch)`: the only part a service writes),
 - flushing the publisher (the broker has acked everything the batch produced) before a guarded commit:
   a failed flush seeks back so the batch is read again, a failed commit (a rebalance) is logged and the
@@ -201,7 +203,7 @@ class ConsumerLoop(Service):
         batch = Batch(records=list(records))
         for rec in batch.records:
             try:
-                batch.items.append(Item(decode(rec.value, self.expect), rec))
+                batch.items.append(Item(decode(rec.value, self.expect, self.cfg.limits), rec))
             except BadEvent as exc:
                 self.stats.bad_records += 1
                 dl = self.dead_letter(source_of(rec), exc.reason, rec.value, resend=rec.topic != self._dead_topic)
@@ -211,8 +213,9 @@ class ConsumerLoop(Service):
 
     def dead_letter(self, source: str, reason: str, raw: bytes | str | None, *, resend: bool = True) -> DeadLetter:
         """Publish a DeadLetter (flushed with the batch, before the commit). A broken record of the dead-letter
-        topic itself is not sent again (it would loop); the DeadLetter is still returned to the caller."""
-        dl = DeadLetter(source=source, reason=reason, raw=DeadLetter.raw_text(raw), stage=self.stage)
+        topic itself is not sent again (it would loop); the DeadLetter is still returned to the caller. It keeps
+        at most cfg.limits.dead_letter_excerpt_bytes of `raw` (and its size), so it always fits a request."""
+        dl = DeadLetter.of(source, reason, raw, self.stage, self.cfg.limits)
         if resend:
             self.publisher.send(dl)
             self.stats.dead_letters += 1

@@ -117,8 +117,9 @@ class Publisher:
         return self.producer.send(topic, key=key, value=value)
 
     def dead_letter(self, source: str, reason: str, raw: bytes | str | None, stage: str = ""):
-        dl = DeadLetter(source=source, reason=reason, raw=DeadLetter.raw_text(raw), stage=stage)
-        return self.send(dl)
+        """Send a DeadLetter of `raw`: at most cfg.limits.dead_letter_excerpt_bytes of it, plus its size, so a
+        record too large for the producer's request limit is still dead-lettered."""
+        return self.send(DeadLetter.of(source, reason, raw, stage, self.cfg.limits))
 
     def flush(self, timeout: float | None = 60):
         self.producer.flush(timeout=timeout)
@@ -185,8 +186,8 @@ def make_consumer(cfg: Config, topics: list[str] | None, group_id: str | None, *
 
 def read_topic(cfg: Config, name: str, expect: type[Event] | None = None, timeout_s: float = 10.0) -> list[Event]:
     """Every event on topic `name` (unprefixed) from the beginning to its current end, all partitions,
-    no group (nothing committed), in partition order. Records that do not decode are skipped: the
-    service that consumes the topic dead-letters them."""
+    no group (nothing committed), in partition order. Records that do not decode (within cfg.limits) are
+    skipped: the service that consumes the topic dead-letters them."""
     from kafka import TopicPartition
 
     topic = cfg.topic(name)
@@ -209,7 +210,7 @@ def read_topic(cfg: Config, name: str, expect: type[Event] | None = None, timeou
             for recs in c.poll(timeout_ms=200).values():
                 for r in recs:
                     try:
-                        out.append(decode(r.value, expect))
+                        out.append(decode(r.value, expect, cfg.limits))
                     except BadEvent:
                         continue
         return out

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+# Only text that could hold a too-long integer or an overflowing exponent pays for the per-number hooks.
+_BIG_EXP = re.compile(r"[eE][+-]?\d{3,}")
 
 
 class JSONLimitError(ValueError):
@@ -86,7 +90,10 @@ def loads(raw: str | bytes | bytearray | None, *, max_bytes: int | None = None, 
                     raise JSONLimitError(f"nested deeper than {max_depth} levels")
             elif ch in "]}":
                 d -= 1
+    careful = re.search(r"\d{%d,}" % (max_int_digits + 1), text) is not None or _BIG_EXP.search(text) is not None
     try:
+        if not careful:
+            return json.loads(text, parse_constant=_constant)
         return json.loads(text, parse_int=_int(max_int_digits), parse_float=_float, parse_constant=_constant)
     except JSONLimitError:
         raise

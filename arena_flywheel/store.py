@@ -276,6 +276,15 @@ class LedgerStore:
                 inserted += len(res.all())
         return inserted
 
+    def reachable(self) -> bool:
+        """Whether the database answers at all (tells a refused row from a database that is down)."""
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except sa.exc.SQLAlchemyError:
+            return False
+
     # --------------------------------------------------------------------- reading
     def count(self, kind: str) -> int:
         table = _KINDS[kind_of(kind)][1].__table__

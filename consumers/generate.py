@@ -160,7 +160,7 @@ class GenerationPool(Service):
         for tp, records in batches.items():
             for rec in records:
                 try:
-                    ev = decode(rec.value, Checkpoint)
+                    ev = decode(rec.value, Checkpoint, self.cfg.limits)
                 except BadEvent as exc:
                     log.warning("bad record on %s[%d]@%d: %s", tp.topic, tp.partition, rec.offset, exc.reason)
                     continue

@@ -21,6 +21,7 @@ from arena_flywheel.events import Battle, JudgeInfo, Verdict
 from arena_flywheel.kafka import ensure_topics
 from consumers.backends import BackendError, create_backend
 from consumers.judging.health import JudgeHealth
+from consumers.judging.injection import measure_injection
 from consumers.judging.model import ModelJudge
 from consumers.judging.policies import POLICIES
 from consumers.judging.protocol import orders_for, play_games
@@ -41,9 +42,12 @@ def group_id(cfg: Config) -> str:
 class JudgePool(Service):
     """Battles in, verdicts out: `run(stop_event, max_idle_s)`, or `poll_once()` + `close()`."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, *, injection_probe: int | None = None):
+        """injection_probe: probe this many battles for prompt injection (default judge.injection_probe);
+        see _probe_injection."""
         self.cfg = cfg
         jc = cfg.judge
+        self.injection_probe = jc.injection_probe if injection_probe is None else injection_probe
         if jc.policy not in POLICIES:
             raise ConfigError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
         self.policy = POLICIES[jc.policy]
@@ -102,6 +106,17 @@ class JudgePool(Service):
             self.counts["invalid"] += v.winner == "invalid"
             # the whole conversation's length: multi-turn battles are judged with every turn
             self.health.add(v, sum(map(len, battle.a.answers)), sum(map(len, battle.b.answers)))
+        self._probe_injection(battles)
+
+    def _probe_injection(self, battles: list[Battle]) -> None:
+        """The injection probe (consumers/judging/injection.py) on the first `injection_probe` battles this
+        pool judges: each is judged once more as answer X against X + an injection suffix, by this pool's
+        judge and policy; the outcomes go to the health (injection_rate), the probe verdicts are not
+        published."""
+        left = self.injection_probe - self.health.injection.probes
+        if left > 0 and battles:
+            measure_injection(lambda bs: [v.winner for v in self.judge_many(bs)], battles[:left],
+                              tally=self.health.injection, start=self.health.injection.probes)
 
     def poll_once(self, timeout_ms: int = 500) -> int:
         """Judge one polled batch; returns the number of records handled."""

@@ -8,13 +8,24 @@ dead-letter topic is lost); a broken record of the dead-letter topic itself is r
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
+
+import sqlalchemy as sa
 
 from arena_flywheel.config import Config
 from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.kafka import TOPICS
 from arena_flywheel.store import LedgerStore
+
+
+log = logging.getLogger(__name__)
+
+
+def _reason(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return f"{type(orig).__name__}: {str(orig).splitlines()[0][:300]}"
 
 
 def group_id(cfg: Config) -> str:
@@ -61,8 +72,30 @@ class Ledger(Service):
             self.store = None
 
     def handle(self, batch: Batch) -> None:
-        self.written += self.store.write(batch.events + batch.dead)
+        try:
+            self.written += self.store.write(batch.events + batch.dead)
+        except sa.exc.SQLAlchemyError as exc:
+            # One row the database refuses (PostgreSQL: an index entry over its size limit, text it cannot
+            # store) must not stop the ledger on every start: store the batch row by row, dead-letter the
+            # rows it refuses. A database that is down is not a bad row: that error stops the ledger,
+            # nothing is committed, and the batch is read again on the next start.
+            if not self.store.reachable():
+                raise
+            log.warning("ledger: the database refused a batch (%s); storing it row by row", _reason(exc))
+            self._write_each(batch)
         self.last_record_at = time.monotonic()
+
+    def _write_each(self, batch: Batch) -> None:
+        for event, item in [(i.event, i) for i in batch.items] + [(d, None) for d in batch.dead]:
+            try:
+                self.written += self.store.write([event])
+            except sa.exc.SQLAlchemyError as exc:
+                if not self.store.reachable():
+                    raise
+                source = item.source if item is not None else event.source
+                raw = item.record.value if item is not None else event.raw
+                dl = self.loop.dead_letter(source, f"the ledger database refused it: {_reason(exc)}", raw)
+                self.written += self.store.write([dl])
 
     def poll_once(self, timeout_ms: int = 200) -> int:
         """One poll: decode, write in one transaction, flush dead letters, commit. Returns rows written."""

@@ -7,7 +7,8 @@ arena-hard `prompt`/`uid` (also `turns` of {"content": ...}), Alpaca `instructio
 FastChat vicuna-eval `question_id`/`text`, plain `prompt` / `question` / `instruction` (docs/feed.md).
 
 Instruction ids are content hashes, so a prompt seen twice in one feed is sent once (and downstream
-consumers dedupe across feeds by id). A record that cannot become an Instruction is sent to the
+consumers dedupe across feeds by id). A record that cannot become an Instruction (including a hostile one:
+over the [limits] on size, nesting or integer digits, invalid UTF-8; arena_flywheel.records) is sent to the
 dead-letter topic with its reason and raw bytes; the feed goes on and counts it.
 
 With the embedded broker (no KAFKA_BOOTSTRAP_SERVERS) topics die with this process, so the feed also
@@ -15,18 +16,18 @@ runs the SQL ledger in-process and drains it before exiting; with an external br
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from arena_flywheel.config import Config
+from arena_flywheel.config import Config, LimitsConfig
 from arena_flywheel.errors import InputError
 from arena_flywheel.events import BadEvent, Instruction, validate
+from arena_flywheel.records import Record, json_record, limits_of, read_records, too_big
+from arena_flywheel.safejson import depth
 
 log = logging.getLogger(__name__)
 
@@ -37,13 +38,10 @@ SYSTEM_ROLES = {"system": "system"}
 ROLE_MAP = USER_ROLES | ASSISTANT_ROLES | SYSTEM_ROLES
 
 
-@dataclass
-class Record:
-    """One input record: where it came from, its raw bytes, and the parsed object or why not."""
-    source: str
-    raw: bytes
-    data: Any = None
-    error: str | None = None
+# A CSV must name at least one of these columns (else it is one InputError, not a dead letter per row).
+PROMPT_COLUMNS = ("conversations", "messages", "turns", "instruction", "prompt", "question", "text")
+__all__ = ["Record", "FeedStats", "PROMPT_COLUMNS", "instruction_fields", "to_instruction", "iter_records",
+           "follow_jsonl", "feed_records"]
 
 
 @dataclass
@@ -151,26 +149,17 @@ def to_instruction(d: Any, *, split: str, source: str, max_chars: int) -> Instru
 
 
 # ------------------------------------------------------------------------- readers
-def _json_line(source: str, raw: bytes) -> Record:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return Record(source, raw, error=f"invalid UTF-8 at byte {exc.start}")
-    try:
-        return Record(source, raw, json.loads(text))
-    except json.JSONDecodeError as exc:
-        return Record(source, raw, error=f"invalid JSON: {exc.msg} at column {exc.colno}")
-
-
-def read_jsonl(stream: Iterable[bytes], name: str) -> Iterator[Record]:
-    for n, line in enumerate(stream, 1):
-        if line.strip():
-            yield _json_line(f"{name}:{n}", line.rstrip(b"\r\n"))
-
-
-def _rows(name: str, rows: Iterable[dict]) -> Iterator[Record]:
+def _rows(name: str, rows: Iterable[dict], lim: LimitsConfig) -> Iterator[Record]:
+    """Rows of Parquet and datasets directories, within the same record limits as the files."""
     for n, row in enumerate(rows, 1):
-        yield Record(f"{name}:{n}", json.dumps(row, ensure_ascii=False, default=str).encode("utf-8"), row)
+        raw = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
+        if len(raw) > lim.max_record_bytes:
+            yield Record(f"{name}:{n}", raw[:lim.dead_letter_excerpt_bytes], error=too_big(len(raw), lim), file=name,
+                         line=n)
+        elif depth(row) > lim.max_depth:
+            yield Record(f"{name}:{n}", raw, error=f"nested deeper than {lim.max_depth} levels", file=name, line=n)
+        else:
+            yield Record(f"{name}:{n}", raw, row, file=name, line=n)
 
 
 def _plain(v: Any) -> Any:
@@ -184,25 +173,13 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def _csv_value(v: str) -> Any:
-    s = v.strip()
-    if s[:1] in "[{":  # list/dict columns (turns, messages) written as JSON
-        try:
-            return json.loads(s)
-        except json.JSONDecodeError:
-            pass
-    return v
-
-
-def iter_records(path: str) -> Iterator[Record]:
-    """Records of a file, directory or '-' (stdin, JSONL)."""
-    if path == "-":
-        yield from read_jsonl(sys.stdin.buffer, "stdin")
-        return
+def iter_records(path: str, limits: LimitsConfig | Config | None = None) -> Iterator[Record]:
+    """Records of a file, directory or '-' (stdin, JSONL). JSONL, JSON and CSV go through the core reader
+    (arena_flywheel.records): a bad record is a Record with an error (dead-lettered by feed_records), a
+    problem of the whole file an InputError. Parquet and HF datasets directories use their libraries."""
+    lim = limits_of(limits)
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{path}: no such file or directory")
-    if p.is_dir():
+    if path != "-" and p.is_dir():
         if not (p / "dataset_info.json").exists() and not (p / "dataset_dict.json").exists():
             raise InputError(f"{path}: a directory must be a HF datasets save_to_disk directory")
         import datasets
@@ -210,56 +187,52 @@ def iter_records(path: str) -> Iterator[Record]:
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             for split_name, part in ds.items():
-                yield from _rows(f"{p.name}/{split_name}", ({k: _plain(v) for k, v in r.items()} for r in part))
+                yield from _rows(f"{p.name}/{split_name}", ({k: _plain(v) for k, v in r.items()} for r in part), lim)
         else:
-            yield from _rows(p.name, ({k: _plain(v) for k, v in r.items()} for r in ds))
+            yield from _rows(p.name, ({k: _plain(v) for k, v in r.items()} for r in ds), lim)
         return
     suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        with p.open("rb") as f:
-            yield from read_jsonl(f, p.name)
-    elif suffix == ".json":
-        try:
-            data = json.loads(p.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            with p.open("rb") as f:  # maybe JSONL with a .json name: line by line, bad lines dead-lettered
-                yield from read_jsonl(f, p.name)
-            return
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise InputError(f"{path}: JSON must be a list of records or {{\"data\": [...]}}")
-        yield from _rows(p.name, data)
-    elif suffix in (".csv", ".tsv"):
-        with p.open(encoding="utf-8", errors="strict", newline="") as f:
-            reader = csv.DictReader(f, delimiter="\t" if suffix == ".tsv" else ",")
-            for n, row in enumerate(reader, 2):  # line 1 is the header
-                raw = json.dumps(row, ensure_ascii=False).encode("utf-8")
-                yield Record(f"{p.name}:{n}", raw, {k: _csv_value(v) for k, v in row.items() if v not in (None, "")})
-    elif suffix in (".parquet", ".pq"):
+    if path != "-" and p.exists() and suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        yield from _rows(p.name, (_plain(r) for r in pq.read_table(p).to_pylist()))
-    else:
+        yield from _rows(p.name, (_plain(r) for r in pq.read_table(p).to_pylist()), lim)
+        return
+    if path != "-" and p.exists() and suffix not in (".jsonl", ".ndjson", ".json", ".csv", ".tsv"):
         raise InputError(f"{path}: unknown format {suffix or '(no suffix)'}; use .jsonl, .json, .csv, .parquet, "
                          "a datasets directory, or - for stdin")
+    yield from read_records(path, lim, json_cells=True, need_columns=PROMPT_COLUMNS,
+                            columns_what="a prompt column (prompt, question, instruction, turns, messages or "
+                                         "conversations)")
 
 
-def follow_jsonl(path: str, stop, poll_s: float = 0.2) -> Iterator[Record]:
-    """Tail a growing JSONL file: complete lines as they appear; a partial last line waits for its newline."""
+def follow_jsonl(path: str, stop, poll_s: float = 0.2, limits: LimitsConfig | Config | None = None) -> Iterator[Record]:
+    """Tail a growing JSONL file: complete lines as they appear; a partial last line waits for its newline.
+    A line over limits.max_record_bytes is not buffered whole: it becomes one bad record (its first bytes)."""
+    lim = limits_of(limits)
     p = Path(path)
     n = 0
     buf = b""
+    over: tuple[bytes, int] | None = None  # (first bytes, size so far) of an oversized line being skipped
     with p.open("rb") as f:
         while True:
             chunk = f.read(1 << 16)
             if chunk:
+                if over is not None:
+                    i = chunk.find(b"\n")
+                    if i < 0:
+                        over = (over[0], over[1] + len(chunk))
+                        continue
+                    n += 1
+                    yield json_record(f"{p.name}:{n}", over[0], lim, size=over[1] + i, file=p.name, line=n)
+                    over, chunk = None, chunk[i + 1:]
                 buf += chunk
                 *lines, buf = buf.split(b"\n")
                 for line in lines:
                     n += 1
                     if line.strip():
-                        yield _json_line(f"{p.name}:{n}", line.rstrip(b"\r"))
+                        yield json_record(f"{p.name}:{n}", line.rstrip(b"\r"), lim, file=p.name, line=n)
+                if len(buf) > lim.max_record_bytes:
+                    over, buf = (buf[:lim.dead_letter_excerpt_bytes], len(buf)), b""
                 continue
             if stop is not None and stop.is_set():
                 return
@@ -281,7 +254,7 @@ def feed_records(cfg: Config, records: Iterable[Record], publisher, *, split: st
         try:
             if rec.error:
                 raise BadEvent(rec.error)
-            ins = to_instruction(rec.data, split=split, source=source or rec.source.rsplit(":", 1)[0],
+            ins = to_instruction(rec.data, split=split, source=source or rec.file or rec.source.rsplit(":", 1)[0],
                                  max_chars=cfg.feed.max_prompt_chars)
         except BadEvent as exc:
             stats.rejected += 1

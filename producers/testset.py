@@ -182,7 +182,7 @@ def hard(pool: list[dict], n: int, backend, template, *, max_new_tokens: int = 2
          ) -> tuple[list[dict], int]:
     """The n hardest prompts by judge-scored difficulty (ties: pool order), each with `_difficulty` and
     `_explanation`; and how many prompts got no parseable score after the retries (left out, counted)."""
-    prompts = {i: template.text.format(question=prompt_text(f)) for i, f in enumerate(pool)}
+    prompts = {i: template.render(prompt_text(f)) for i, f in enumerate(pool)}  # markers neutralised
     answers = ask(backend, prompts, parse_difficulty, retries=retries, max_new_tokens=max_new_tokens,
                   temperature=0.0, request_id=lambda i: str(pool[i].get("_source", i)))
     scored = [i for i, a in answers.items() if a.value is not None]

@@ -22,7 +22,7 @@ from arena_flywheel.ratings import BradleyTerry, OnlineElo, PairCounts
 from consumers.judging.health import JudgeHealth
 
 from . import state as S
-from .dashboard import DashboardState, install_dashboard
+from .dashboard import DashboardState, drop_builtin_routes, install_dashboard
 from .reducer import RatingsRules, apply_verdicts
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,8 @@ class Stream:
         self.dashboard = DashboardState()
         self.health = JudgeHealth()
         self._register()
-        if web:
+        if web:  # only the routes registered here: the page, its API, /leaderboard and /stats
+            drop_builtin_routes(self.app)
             install_dashboard(self.app, self.dashboard.to_dict)
 
     # -------------------------------------------------------------------------------- helpers
@@ -125,8 +126,8 @@ class Stream:
 
     async def _dead(self, event, reason: str, stage: str) -> None:
         m = event.message
-        dl = DeadLetter(source=f"{m.topic}[{m.partition}]@{m.offset}", reason=reason,
-                        raw=DeadLetter.raw_text(event.value), stage=stage)
+        # an excerpt of the raw value and its size (cfg.limits): a poison record of any size still sends
+        dl = DeadLetter.of(f"{m.topic}[{m.partition}]@{m.offset}", reason, event.value, stage, self.cfg.limits)
         await self.t_dead.send(key=dl.kafka_key().encode(), value=dl.encode())
         self.stats["dead_letters"] += 1
         log.warning("dead-lettered %s: %s", dl.source, reason)
@@ -140,7 +141,7 @@ class Stream:
         async def pairing(stream):
             async for event in stream.events():
                 try:
-                    ev = decode(event.value)
+                    ev = decode(event.value, limits=cfg.limits)
                     if not isinstance(ev, (Instruction, Response)):
                         raise BadEvent(f"expected arena.instruction or arena.response, got {ev.SCHEMA}")
                 except BadEvent as exc:
@@ -183,7 +184,7 @@ class Stream:
             # for the page's iteration marks only; the pools act on checkpoints, not this worker
             async for event in stream.events():
                 try:
-                    c = decode(event.value, expect=Checkpoint)
+                    c = decode(event.value, expect=Checkpoint, limits=cfg.limits)
                 except BadEvent as exc:
                     await self._dead(event, exc.reason, "stream.checkpoints")
                     continue

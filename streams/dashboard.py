@@ -2,6 +2,7 @@
 
 install_dashboard(app, state) adds GET / (page), GET /api/state (JSON) and GET /api/events (long poll:
 ?since=VERSION answers as soon as the state's version differs, or after ~10 s with the same one).
+drop_builtin_routes(app) stops Faust from serving its built-in routes (/router/, /table/, ...) beside them.
 Long polling rather than SSE because a Faust page handler returns one response; it works through any proxy.
 DashboardState is the small in-memory model the stream feeds; its to_dict() is the `state` callable.
 """
@@ -89,6 +90,17 @@ def _version(d: dict) -> str:
     # generated_at changes every call; the version reflects content only
     body = {k: v for k, v in d.items() if k != "generated_at"}
     return hashlib.sha1(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def drop_builtin_routes(app: Any) -> None:
+    """Serve none of Faust's built-in blueprints: /router/ (cluster topology, which worker owns a key),
+    /table/ (raw table state, key by key), the statistics or {"status": "OK"} index at /, /assignment/,
+    /graph, /performance/. Only the routes registered with app.page stay. Call before the worker starts:
+    Faust applies its blueprints when the web server starts. (Faust is imported here only: the page
+    itself needs none.)"""
+    from faust.web.base import BlueprintManager
+
+    app.web.blueprints = BlueprintManager()
 
 
 def install_dashboard(app: Any, state: Callable[[], dict], *, poll_s: float = 0.25, wait_s: float = 10.0) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Container, Iterable, Mapping
 
-from arena_flywheel.config import Config
+from arena_flywheel.config import Config, LimitsConfig
 from arena_flywheel.events import BadEvent, Failure, Verdict, decode
 from arena_flywheel.ratings import OnlineElo
 
@@ -32,12 +32,13 @@ class RatingsRules:
     elo_init: float = 1000.0
     scale: float = 400.0
     base: float = 10.0
+    limits: LimitsConfig | None = field(default=None, hash=False)  # what a verdict may hold (None: defaults)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "RatingsRules":
         r = cfg.ratings
         return cls(targets=frozenset(cfg.arena.targets), failure_margin=cfg.failure_margin, elo_k=r.elo_k,
-                   elo_init=r.elo_init, scale=r.scale, base=r.base)
+                   elo_init=r.elo_init, scale=r.scale, base=r.base, limits=cfg.limits)
 
     def elo(self, saved: dict[str, Any] | None) -> OnlineElo:
         """A split's online Elo as saved in the partition record, or a fresh one (saved settings win, so a
@@ -86,7 +87,7 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
             continue
         st["offset"] = off  # also past a record that does not decode: it is dead-lettered once
         try:
-            v = decode(raw, expect=Verdict)
+            v = decode(raw, expect=Verdict, limits=rules.limits)
         except BadEvent as exc:
             out.dead.append((off, exc.reason))
             continue

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -57,3 +58,23 @@ def tiny_model(tmp_path_factory):
     from arena_flywheel.tinymodel import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture
+def pg_url():
+    """A fresh database on the test PostgreSQL server ($TEST_POSTGRES_URL, started by ./test), dropped after."""
+    url = os.environ.get("TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("TEST_POSTGRES_URL not set: run ./test (scripts/test-services.sh starts PostgreSQL)")
+    pytest.importorskip("psycopg", reason="the postgres extra (psycopg[binary]) is not installed")
+    import sqlalchemy as sa
+
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    name = f"arena_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    base, _, _ = url.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.connect() as c:
+        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()

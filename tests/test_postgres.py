@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
 
 import pytest
 
@@ -13,21 +12,6 @@ PG_URL = os.environ.get("TEST_POSTGRES_URL")
 pytestmark = pytest.mark.skipif(
     not PG_URL, reason="TEST_POSTGRES_URL not set: run ./test (scripts/test-services.sh starts PostgreSQL) "
                        "or point it at a PostgreSQL server")
-
-
-@pytest.fixture
-def pg_url():
-    pytest.importorskip("psycopg", reason="the postgres extra (psycopg[binary]) is not installed")
-    import sqlalchemy as sa
-    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
-    name = f"arena_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    base, _, _ = PG_URL.rpartition("/")
-    yield f"{base}/{name}"
-    with admin.connect() as c:
-        c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_every_event_kind_round_trips(pg_url):
@@ -82,3 +66,34 @@ def test_export_cli(pg_url, tmp_path):
     assert main(["export", "--what", "verdicts", "--out", str(out), "--db", pg_url]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 2 and {r["winner"] for r in rows} == {"model_a"}
+
+
+@pytest.mark.slow
+def test_a_row_the_database_refuses_is_dead_lettered_and_the_ledger_goes_on(pg_url, cfg):
+    """PostgreSQL refuses an index entry over ~2.7 kB (a 20,000-character random category); the batch it is
+    in used to fail whole, on every start. Now the other rows are stored and that one is a dead letter."""
+    import random
+    import string
+
+    from arena_flywheel.events import Instruction
+    from arena_flywheel.kafka import Publisher
+    from arena_flywheel.store import LedgerStore
+    from consumers.ledger import Ledger
+
+    rng = random.Random(3)
+    hostile = "".join(rng.choice(string.ascii_letters + string.digits) for _ in range(20_000))
+    good = [Instruction(messages=[{"role": "user", "content": f"What is {i} * 7?"}], source="fuzz")
+            for i in range(4)]
+    bad = Instruction(messages=[{"role": "user", "content": "What is 2 * 7?"}], source="fuzz", category=hostile)
+    with Publisher(cfg) as pub:
+        for e in [good[0], good[1], bad, good[2], good[3]]:
+            pub.send(e)
+    cfg = cfg.model_copy(deep=True)
+    cfg.db.url = pg_url
+    with Ledger(cfg) as ledger:
+        ledger.drain(idle_s=1.0, timeout_s=60)
+    with LedgerStore(pg_url) as store:
+        assert sorted(i.id for i in store.events("instruction")) == sorted(g.id for g in good)
+        dead = [d for d in store.events("deadletter") if "refused" in d.reason]
+        assert len(dead) == 1 and dead[0].stage == "ledger"
+        assert dead[0].source.startswith(cfg.topic("instructions.train") + "[") and "]@" in dead[0].source

@@ -32,7 +32,7 @@ def run(args, cfg: Config) -> int:
     if args.follow and (args.path == "-" or not Path(args.path).is_file()):
         raise UsageError("--follow needs an existing JSONL file (stdin is followed anyway until it ends)")
     if not args.follow:
-        records = iter_records(args.path)
+        records = iter_records(args.path, cfg.limits)
         first = next(records, None)  # surface usage errors (missing file, bad format) before starting a broker
         records = _chain(first, records) if first is not None else iter(())
     stop = threading.Event()
@@ -47,7 +47,7 @@ def run(args, cfg: Config) -> int:
                 print(f"arena feed: following {args.path}; Ctrl-C stops", file=sys.stderr)
                 stats = FeedStats()
                 try:
-                    feed_records(kcfg, _flushing(follow_jsonl(args.path, None), pub), pub,
+                    feed_records(kcfg, _flushing(follow_jsonl(args.path, None, limits=kcfg.limits), pub), pub,
                                  split=args.split, source=args.source, limit=args.limit, stats=stats)
                 except KeyboardInterrupt:
                     pass

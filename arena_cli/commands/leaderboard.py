@@ -13,12 +13,12 @@ import json
 import math
 import sys
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Iterable
 
 import sqlalchemy as sa
 
-from arena_flywheel.errors import UsageError
+from arena_flywheel.errors import InputError, UsageError
+from arena_flywheel.records import read_records
 from arena_flywheel.ratings import BradleyTerry, PairCounts, Row
 from arena_flywheel.store import open_ledger
 
@@ -46,18 +46,20 @@ def add_arguments(parser) -> None:
 def _winner(row: dict[str, Any], tie_margin: float, where: str) -> str:
     w = row.get("winner")
     if w not in (None, ""):
-        if w not in WINNERS:
-            raise UsageError(f"{where}: winner {w!r} is not one of {', '.join(WINNERS)}")
+        if not isinstance(w, str) or w not in WINNERS:
+            raise UsageError(f"{where}: winner {w!r:.80} is not one of {', '.join(WINNERS)}")
         return w
     sa, sb = row.get("score_a"), row.get("score_b")
     if sa in (None, "") or sb in (None, ""):
         raise UsageError(f"{where}: needs a winner or score_a and score_b")
     try:
         sa, sb = float(sa), float(sb)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise UsageError(f"{where}: score_a/score_b must be numbers") from None
     if math.isnan(sa) or math.isnan(sb):
         return "invalid"
+    if math.isinf(sa) or math.isinf(sb):
+        raise UsageError(f"{where}: score_a/score_b must be finite numbers")
     if abs(sa - sb) <= tie_margin:
         return "tie"
     return "model_a" if sa > sb else "model_b"
@@ -76,50 +78,30 @@ def battle_of(row: Any, tie_margin: float = 0.0, where: str = "row") -> tuple[st
     return a, b, _winner(row, tie_margin, where), row.get("split") or None
 
 
-def read_rows(path: str) -> Iterable[tuple[str, dict]]:
-    """(location, row dict) of a JSONL, JSON-list or CSV file."""
-    if path == "-":
-        text, name = sys.stdin.read(), "<stdin>"
-    else:
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"{path}: no such file")
-        try:
-            text = p.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError) as exc:
-            raise UsageError(f"{path}: cannot read it as UTF-8 text ({exc.__class__.__name__})") from None
-        name = path
-    stripped = text.lstrip()
-    if not stripped:
-        raise UsageError(f"{name}: empty file")
-    if path.lower().endswith(".csv") or (stripped[0] not in "[{"):
-        reader = csv.DictReader(io.StringIO(text))
-        if not reader.fieldnames or not ({"model_a", "competitor_a"} & set(reader.fieldnames)):
-            raise UsageError(f"{name}: not JSONL and no CSV header with model_a, model_b, winner")
-        for i, row in enumerate(reader, start=2):
-            yield f"{name}:{i}", row
-        return
-    if stripped[0] == "[":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{name}: invalid JSON at line {exc.lineno} ({exc.msg})") from None
-        for i, row in enumerate(data):
-            yield f"{name}[{i}]", row
-        return
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{name}:{i}: invalid JSON ({exc.msg})") from None
-        yield f"{name}:{i}", row
+def read_rows(path: str, limits=None) -> Iterable[tuple[str, dict]]:
+    """(location, row) of a JSONL, JSON-list or CSV file ('-' = stdin), through the core reader within
+    cfg.limits: a bad row (invalid JSON or UTF-8, too big, too deep, a huge integer) is a UsageError that
+    names its location, and so is a problem of the whole file; never a traceback."""
+    name = "<stdin>" if path == "-" else path
+    n = 0
+    try:
+        for rec in read_records(path, limits, name=name, sniff=True, objects_only=False, single_object=True,
+                                need_columns=("model_a", "competitor_a"), columns_what="model_a, model_b, winner"):
+            if rec.error:
+                raise UsageError(f"{rec.source}: {rec.error}")
+            n += 1
+            yield rec.source, rec.data
+    except UsageError:
+        raise
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+    if n == 0:
+        raise UsageError(f"{name}: empty file (no battle rows in it)")
 
 
-def counts_from_file(path: str, tie_margin: float = 0.0, split: str | None = None) -> PairCounts:
+def counts_from_file(path: str, tie_margin: float = 0.0, split: str | None = None, limits=None) -> PairCounts:
     counts = PairCounts()
-    for where, row in read_rows(path):
+    for where, row in read_rows(path, limits):
         a, b, w, s = battle_of(row, tie_margin, where)
         if split is None or s == split:
             counts.add(a, b, w)
@@ -167,7 +149,7 @@ def run(args, cfg) -> int:
         counts = PairCounts.from_battles(ledger_verdicts(cfg.db.url, split))
         source = f"{cfg.db.url} ({split} split)"
     else:
-        counts = counts_from_file(args.battles, cfg.judge.tie_margin, args.split)
+        counts = counts_from_file(args.battles, cfg.judge.tie_margin, args.split, cfg.limits)
         source = args.battles
     if not counts.models:
         raise UsageError(f"{source}: no rated battles (all invalid, or none in split {args.split!r})")

@@ -17,10 +17,12 @@ A request with no recorded answer gets an error (not retryable): the pool dead-l
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Iterable
+
+from arena_flywheel.errors import InputError
+from arena_flywheel.records import read_records as read_records_core
 
 from .base import BackendError, Completion, GenerationRequest
 
@@ -87,28 +89,19 @@ def parse_record(rec: dict) -> tuple[list[str], RecordedAnswer] | None:
     return keys, RecordedAnswer(turns, tokens, model, prompt)
 
 
-def read_records(path: Path) -> Iterable[tuple[int, dict]]:
-    text = path.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if path.suffix == ".json" or stripped.startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        items = data if isinstance(data, list) else [data]
-        for i, rec in enumerate(items, 1):
-            if isinstance(rec, dict):
-                yield i, rec
-        return
-    for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise BackendError(f"{path}:{i}: not valid JSON ({exc.msg})") from None
-        if isinstance(rec, dict):
-            yield i, rec
+def read_records(path: Path, limits=None) -> Iterable[tuple[int, dict]]:
+    """(line number, or position from 1 in a JSON list; record) of each JSON object of an answers file, through
+    the core reader within the record limits. Items that are not objects are skipped; a bad record or a
+    broken file is a BackendError naming its location."""
+    try:
+        for rec in read_records_core(path, limits, name=str(path), sniff=True, csv_fallback=False,
+                                     objects_only=False, unwrap=(), single_object=True):
+            if rec.error:
+                raise BackendError(f"{rec.source}: not a usable JSON record ({rec.error})")
+            if isinstance(rec.data, dict):
+                yield (rec.line if rec.line is not None else (rec.index or 0) + 1), rec.data
+    except InputError as exc:
+        raise BackendError(str(exc)) from None
 
 
 def _question_texts(path: Path) -> dict[str, str]:

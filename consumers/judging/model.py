@@ -16,12 +16,15 @@ from consumers.backends.base import Backend, GenerationRequest
 from .parse import parse_scores
 from .policies import parse_preference
 from .protocol import orders_for, references, score_game, shown
-from .templates import Template
+from .templates import Template, neutralise
 
 
 def conversation(battle: Battle, answers: list[str]) -> tuple[str, str]:
-    """(question, answer) texts for the template: the whole conversation when it has several turns."""
-    users = [m.content for m in battle.messages if m.role == "user"]
+    """(question, answer) texts for the template: the whole conversation when it has several turns.
+    Each turn's text has its markers neutralised first ("[Turn 2]" -> "(Turn 2)", "[System]" ->
+    "(System)"; consumers/judging/templates.py), so only the labels added here are "[Turn k]" labels."""
+    users = [neutralise(m.content, turns=True) for m in battle.messages if m.role == "user"]
+    answers = [neutralise(a, turns=True) for a in answers]
     if len(users) <= 1 and len(answers) <= 1:
         return (users[0] if users else ""), (answers[-1] if answers else "")
     q = "\n\n".join(f"[Turn {k}] {u}" for k, u in enumerate(users, 1))
@@ -86,9 +89,9 @@ class ModelJudge:
         first_turns, second_turns = shown(battle, order)
         q, first = conversation(battle, first_turns)
         _, second = conversation(battle, second_turns)
-        refs = references(battle)
+        refs = [neutralise(r, turns=True) for r in references(battle)]
         reference = refs[0] if len(refs) == 1 else "\n\n".join(f"[Turn {k}] {r}" for k, r in enumerate(refs, 1))
-        return self.template_for(battle).render(q, first, second, reference=reference)
+        return self.template_for(battle).render(q, first, second, reference=reference, turn_labels=True)
 
     def _parse(self, raw: str):
         """A label ("A>B"...) or the two scores in the order shown; None when the text does not parse."""
