@@ -125,6 +125,16 @@ class LimitsConfig(Section):
                                            "record (and its size), never the whole oversized value")
 
 
+def limits_of(limits: Any = None) -> LimitsConfig:
+    """The record limits to apply: `cfg.limits`, a whole Config (its .limits), or None for the defaults."""
+    if limits is None:
+        return _DEFAULT_LIMITS
+    return getattr(limits, "limits", limits)
+
+
+_DEFAULT_LIMITS = LimitsConfig()
+
+
 class ArenaConfig(Section):
     battle_plan: Literal["target-vs-all", "round-robin", "sampled"] = "target-vs-all"
     targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")

@@ -22,8 +22,6 @@ from .errors import InputError
 from .records import limits_of, read_records
 from .safejson import JSONLimitError, loads
 
-
-
 _BOARD_KEYS = ("leaderboard", "models", "data")
 
 

@@ -25,9 +25,17 @@ import re
 import time
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from .config import LimitsConfig
+from .config import limits_of
 from .safejson import JSONLimitError
 from .safejson import loads as _json_loads
 
@@ -543,16 +551,9 @@ EVENT_TYPES: dict[str, type[Event]] = {
 BY_KIND: dict[str, type[Event]] = {cls.SCHEMA.split(".")[-1]: cls for cls in EVENT_TYPES.values()}
 
 
-_DEFAULT_LIMITS = LimitsConfig()
 _JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
                type(None): "null"}
 
-
-def limits_of(limits: Any = None) -> LimitsConfig:
-    """The record limits to apply: `cfg.limits`, a Config (its .limits), or None for the defaults."""
-    if limits is None:
-        return _DEFAULT_LIMITS
-    return getattr(limits, "limits", limits)
 
 
 def _long_text(value: Any, limit: int, path: str = "") -> tuple[str, int] | None:

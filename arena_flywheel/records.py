@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Iterable, Iterator
 
-from .config import LimitsConfig
+from .config import LimitsConfig, limits_of
 from .errors import InputError
 from .safejson import JSONLimitError, depth, loads
 
@@ -52,12 +52,6 @@ class Record:
 class _Broken(Exception):
     """A JSON document whose structure is broken (caught here; callers see InputError)."""
 
-
-def limits_of(limits: Any = None) -> LimitsConfig:
-    """A LimitsConfig from a LimitsConfig, a Config (its .limits) or None (the defaults)."""
-    if limits is None:
-        return LimitsConfig()
-    return getattr(limits, "limits", limits)
 
 
 def too_big(size: int, lim: LimitsConfig) -> str:

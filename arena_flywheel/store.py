@@ -25,7 +25,17 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlmodel import JSON, Column, Field, SQLModel
 
 from .errors import InputError
-from .events import BY_KIND, Battle, Checkpoint, DeadLetter, Event, Failure, Instruction, Response, Verdict
+from .events import (
+    BY_KIND,
+    Battle,
+    Checkpoint,
+    DeadLetter,
+    Event,
+    Failure,
+    Instruction,
+    Response,
+    Verdict,
+)
 
 log = logging.getLogger(__name__)
 

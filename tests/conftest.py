@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 import uuid
 from pathlib import Path
 
@@ -78,3 +79,16 @@ def pg_url():
     with admin.connect() as c:
         c.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+def wait_until(cond, timeout: float = 60.0, every=None, pause: float = 0.05) -> bool:
+    """Poll `cond()` (running `every()` first each time, e.g. a consumer's poll) until it is true or the time
+    is up; returns its last value. Tests wait on conditions, not fixed sleeps."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if every is not None:
+            every()
+        if cond():
+            return True
+        time.sleep(pause)
+    return bool(cond())

@@ -10,22 +10,12 @@ import pytest
 from arena_flywheel.consume import Batch, ConsumerLoop, run_loops
 from arena_flywheel.events import DeadLetter, Instruction, JudgeInfo, Verdict, decode
 from arena_flywheel.kafka import Publisher, read_topic
+from tests.conftest import wait_until
 
 
 def _instructions(n: int, split: str = "train") -> list[Instruction]:
     return [Instruction(messages=[{"role": "user", "content": f"Sort these numbers: {i} 9 {i + 3}"}], split=split,
                         source="test") for i in range(n)]
-
-
-def _wait(cond, timeout: float = 30.0, every=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if every is not None:
-            every()
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def test_bad_records_are_dead_lettered_with_source_and_the_rest_handled(cfg):
@@ -44,7 +34,7 @@ def test_bad_records_are_dead_lettered_with_source_and_the_rest_handled(cfg):
     got: list[Batch] = []
     loop = ConsumerLoop(cfg, [topic], "consume-test", got.append, expect=Instruction, stage="test-stage")
     with loop:
-        _wait(lambda: sum(len(b.items) for b in got) >= 4, every=loop.poll_once)
+        wait_until(lambda: sum(len(b.items) for b in got) >= 4, every=loop.poll_once)
         items = [i for b in got for i in b.items]
         dead = [d for b in got for d in b.dead]
         assert sorted(i.event.id for i in items) == sorted(i.id for i in insts)
@@ -76,7 +66,7 @@ def test_pause_keeps_the_group_and_resume_reads_what_came_meanwhile(cfg):
             assert loop.poll_once(100) == 0
         assert seen == [] and loop.assigned()
         loop.resume()
-        _wait(lambda: len(seen) == 3, every=loop.poll_once)
+        wait_until(lambda: len(seen) == 3, every=loop.poll_once)
     assert sorted(seen) == sorted(i.id for i in insts)
 
 

@@ -7,18 +7,27 @@ from __future__ import annotations
 import json
 import random
 import threading
-import time
 
 import pytest
 
 from arena_flywheel.config import CompetitorConfig
-from arena_flywheel.events import (Battle, Contestant, DeadLetter, Failure, Instruction, JudgeInfo,
-                                   Message, Response, Verdict)
+from arena_flywheel.events import (
+    Battle,
+    Contestant,
+    DeadLetter,
+    Failure,
+    Instruction,
+    JudgeInfo,
+    Message,
+    Response,
+    Verdict,
+)
 from arena_flywheel.kafka import Publisher, read_topic
 from arena_flywheel.store import LedgerStore
 from consumers.generate import GenerationPool
 from consumers.judge import JudgePool
 from consumers.ledger import Ledger
+from tests.conftest import wait_until
 from tests.fuzz_records import hostile_values, mix, self_battle
 from trainer.service import TrainerService
 
@@ -81,17 +90,6 @@ def _dead(cfg, stage_prefix: str) -> list[DeadLetter]:
     return [d for d in read_topic(cfg, "deadletter", DeadLetter, timeout_s=30) if d.stage.startswith(stage_prefix)]
 
 
-def _until(cond, timeout: float = 120.0, every=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if every is not None:
-            every()
-        if cond():
-            return True
-        time.sleep(0.05)
-    return cond()
-
-
 def test_ledger_sqlite(cfg):
     _ledger_fuzz(_fast(cfg), seed=1)
 
@@ -128,7 +126,7 @@ def test_judge_pool(cfg):
     _send(cfg, "battles", mix(rng, [b.encode() for b in good], bad))
     pool = JudgePool(cfg)
     try:
-        assert _until(lambda: pool.counts["battles"] + pool.counts["dead_letters"] >= len(good) + len(bad),
+        assert wait_until(lambda: pool.counts["battles"] + pool.counts["dead_letters"] >= len(good) + len(bad),
                       every=pool.poll_once)
     finally:
         pool.close()
@@ -152,7 +150,7 @@ def test_generation_pool(cfg, tmp_path):
     t = threading.Thread(target=pool.run, args=(stop,), daemon=True)
     t.start()
     try:
-        assert _until(lambda: pool.stats()["instructions"] + pool.stats()["bad_records"] + pool.stats()["errors"]
+        assert wait_until(lambda: pool.stats()["instructions"] + pool.stats()["bad_records"] + pool.stats()["errors"]
                       >= len(good) + len(bad))
         assert t.is_alive()
     finally:
@@ -173,7 +171,7 @@ def test_trainer_service(cfg):
     bad = _bad_set(rng, failure, verdict(0))
     _send(cfg, "failures", mix(rng, [f.encode() for f in good], bad))
     with TrainerService(cfg) as svc:
-        assert _until(lambda: svc.poll_once() == 0 and svc.loop.stats.records >= len(good) + len(bad))
+        assert wait_until(lambda: svc.poll_once() == 0 and svc.loop.stats.records >= len(good) + len(bad))
         assert svc.bad_records == len(bad)
         assert {f.id for f in svc.state("target").failures.values()} == {f.id for f in good}
     assert len(_dead(cfg, "trainer")) == len(bad)
@@ -191,11 +189,11 @@ def test_stream_ratings_agent(cfg, tmp_path):
     w = Worker(config, tmp_path / "worker.log").start()
     try:
         _send(cfg, "verdicts", mix(rng, [v.encode() for v in good], bad))
-        ok = _until(lambda: (s := w.leaderboard()) and s.get("verdicts") == len(good) and s.get("lag") == 0,
+        ok = wait_until(lambda: (s := w.leaderboard()) and s.get("verdicts") == len(good) and s.get("lag") == 0,
                     timeout=180)
         assert ok, (w.leaderboard(), w.log.read_text()[-3000:])
         assert w.proc.poll() is None, w.log.read_text()[-3000:]
-        assert _until(lambda: len(_dead(cfg, "stream.ratings")) >= len(bad), timeout=60)
+        assert wait_until(lambda: len(_dead(cfg, "stream.ratings")) >= len(bad), timeout=60)
         assert len(_dead(cfg, "stream.ratings")) == len(bad)
     finally:
         w.stop()
