@@ -102,6 +102,9 @@ class JudgeConfig(Section):
         "categories judged with reference_template when the battle has a reference; empty: every battle "
         "with a reference"))
     policy: Literal["score-sum", "fastchat", "arena-hard"] = "score-sum"
+    combine: Literal["mean", "sum"] = Field("mean", description=(
+        "score-sum: each answer's score over the two games, their mean (the 1-10 scale of one game, on which "
+        "trainer.threshold_schedule and tie_margin apply) or their sum (2-20: double the thresholds)"))
     tie_margin: float = Field(0.0, ge=0, description="score-sum: |a-b| below this is a tie")
     max_parse_retries: int = Field(2, ge=0)
     temperature: float = Field(0.0, ge=0)
@@ -155,7 +158,13 @@ class RatingsConfig(Section):
 
 class TrainerConfig(Section):
     output_dir: str = "arena-data/checkpoints"
-    stages: list[Literal["sft", "dpo", "reward", "rl"]] = ["sft"]
+    stages: list[Literal["sft", "dpo", "rl"]] = Field(["sft"], min_length=1, description=(
+        "the stages of an iteration, in this order, each on its own fresh slice battled by the newest "
+        "checkpoint (the paper's SFT, DPO and PPO; rl trains a reward model on the slice's judged battles, "
+        "then RLOO or GRPO against it)"))
+    slice_size: int = Field(64, ge=1, description=(
+        "train instructions per slice: a dpo or rl round closes once this many instructions were battled and "
+        "judged with the current checkpoint (an sft round closes on batch_size failures)"))
     threshold_schedule: list[float] = Field(
         default_factory=lambda: [3.0, 2.0, 1.0], min_length=1,
         description="iteration N trains on failures lost by >= entry N (the last repeats); the smallest entry "
@@ -167,7 +176,12 @@ class TrainerConfig(Section):
     learning_rate: float = Field(5e-5, gt=0)
     epochs: float = Field(1.0, gt=0)
     per_device_batch_size: int = Field(8, ge=1)
-    rl_algorithm: Literal["rloo", "grpo"] = "rloo"
+    rl_algorithm: Literal["rloo", "grpo"] = Field("rloo", description=(
+        "TRL has no PPOTrainer: the paper's PPO stage runs as RLOO or GRPO"))
+    rl_beta: float = Field(0.05, gt=0, description="KL penalty of the rl stage against its reference model "
+                           "(the stage's starting checkpoint)")
+    rl_max_completion_length: int = Field(64, ge=1, description="tokens the policy writes per rl completion")
+    rl_num_generations: int = Field(2, ge=2, description="completions per prompt (the RLOO/GRPO group)")
     stage_args: dict[Literal["sft", "dpo", "reward", "rl"], dict[str, Any]] = Field(
         default_factory=dict,
         description="per stage, keyword arguments passed to its TRL config (e.g. dpo = {beta = 0.2, "
@@ -239,6 +253,9 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 # Keys that existed once: say what replaced them instead of "unknown key".
 _REMOVED = {"ratings.failure_margin": "removed: the stream records a Failure at min(trainer.threshold_schedule), "
                                       "the one schedule the trainer selects by; set that instead"}
+_REMOVED_VALUES = {("trainer.stages", "reward"): "the reward stage is part of rl now (the rl stage trains its reward "
+                                                  "model on the slice's judged battles): use stages = [\"sft\", "
+                                                  "\"dpo\", \"rl\"]"}
 
 
 def _one_line(err: ValidationError, source: str) -> str:
@@ -247,6 +264,9 @@ def _one_line(err: ValidationError, source: str) -> str:
     example_key = ".".join(str(p) for p in e["loc"] if not isinstance(p, int))
     example = _EXAMPLES.get(example_key)
     msg = e["msg"]
+    removed = _REMOVED_VALUES.get((".".join(str(p) for p in e["loc"] if not isinstance(p, int)), e.get("input")))
+    if removed:
+        return f"{source}: {key}: {removed}"
     if e["type"] == "extra_forbidden":
         msg = _REMOVED.get(key, "unknown key (check the spelling; docs/configuration.md lists every key)")
     got = "" if e["type"] == "extra_forbidden" else f" (got {e.get('input')!r})"
