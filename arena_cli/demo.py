@@ -66,12 +66,16 @@ class DemoPlan:
     epochs: float = 8.0
     # DPO after that SFT: at the SFT settings it overfits (loss 0.02) and cost 45 s per iteration.
     dpo_args: tuple[tuple[str, object], ...] = (("num_train_epochs", 2.0), ("learning_rate", 5e-4))
+    # The rl stage (RLOO against a reward model trained on the slice's battles) and that reward model.
+    rl_args: tuple[tuple[str, object], ...] = (("num_train_epochs", 1.0), ("learning_rate", 1e-5))
+    reward_args: tuple[tuple[str, object], ...] = (("num_train_epochs", 2.0), ("learning_rate", 1e-3))
 
 
-# Full: with accumulated failures (trainer.accumulate) 5 SFT epochs and 1 DPO epoch keep it under 5 minutes.
-# DPO at 5e-4 scored below the SFT checkpoint it started from in 4 of 5 measured iterations (-26..-130,
-# +42 once); at 1e-4 it was level or above (-8..+25) in all six measured.
-FULL_PLAN = DemoPlan(eval_size=100, train_per_iteration=150, iterations=3, stages=("sft", "dpo"), epochs=5.0,
+# Full: the paper's schedule, sft -> dpo -> rl per iteration, each on its own fresh slice battled by the newest
+# checkpoint. With accumulated failures (trainer.accumulate) 5 SFT epochs; DPO at 5e-4 scored below the SFT
+# checkpoint it started from in 4 of 5 measured iterations (-26..-130, +42 once) when it trained on the same
+# failures; at 1e-4 it was level or above (-8..+25) in all six measured.
+FULL_PLAN = DemoPlan(eval_size=100, train_per_iteration=150, iterations=3, stages=("sft", "dpo", "rl"), epochs=5.0,
                      dpo_args=(("num_train_epochs", 1.0), ("learning_rate", 1e-4)))
 FAST_PLAN = DemoPlan(eval_size=60, train_per_iteration=100, iterations=3, stages=("sft",))
 def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPlan) -> Config:
@@ -94,12 +98,14 @@ def demo_config(cfg: Config, data_dir: Path, zoo: dict[str, Path], plan: DemoPla
     cfg.trainer.learning_rate = plan.learning_rate
     cfg.trainer.epochs = plan.epochs
     cfg.trainer.per_device_batch_size = 16
-    cfg.trainer.stage_args = {"dpo": dict(plan.dpo_args)}
+    cfg.trainer.stage_args = {"dpo": dict(plan.dpo_args), "rl": dict(plan.rl_args), "reward": dict(plan.reward_args)}
+    cfg.trainer.rl_max_completion_length = plan.max_new_tokens  # the pools answer in as many tokens
     # Measured (--fast): training on each round's failures alone went 726 -> 997 -> 894 -> 1079 (the small
     # second round overfit); with the earlier rounds' failures kept, 726 -> 997 -> 1052 -> 1087.
     cfg.trainer.accumulate = True
     # A round trains on every failure of the slice that passes the threshold (the slice is the budget).
     cfg.trainer.batch_size = plan.train_per_iteration
+    cfg.trainer.slice_size = plan.train_per_iteration
     return cfg
 
 
@@ -310,10 +316,12 @@ class Demo:
 
         eval_set = list(tasks.generate(plan.eval_size, seed=1, split="eval"))
         exclude = {i.messages[0].content for i in eval_set}
-        train_all = list(tasks.generate(plan.train_per_iteration * (plan.iterations + 1), seed=2, split="train",
+        train_all = list(tasks.generate(plan.train_per_iteration * (plan.iterations * len(plan.stages) + 1), seed=2,
+                                        split="train",
                                         exclude=exclude))
+        n_slices = plan.iterations * len(plan.stages) + 1  # one per round, and the last checkpoint's
         slices = [train_all[i * plan.train_per_iteration:(i + 1) * plan.train_per_iteration]
-                  for i in range(plan.iterations + 1)]
+                  for i in range(n_slices)]
 
         with kafka_for(cfg) as (cfg, _embedded):
             self.say(f"embedded Kafka broker on {cfg.kafka.bootstrap_servers}; ledger {cfg.db.url}")
@@ -332,58 +340,68 @@ class Demo:
         target = "target"
         opponents = [c.name for c in cfg.competitors if c.name != target]
         checkpoint = "base"
+        rounds = plan.iterations * len(plan.stages)
         # The production trainer service (what `arena train` runs); the demo closes each round on command
-        # once the slice is judged, as `arena train --iteration N` does.
+        # once its slice is judged, as `arena train --iteration N` does.
         trainer = TrainerService(cfg)
         self.publish(cfg, eval_set + slices[0])
+        battled = {competitor_name(target, checkpoint): 1}  # train slices each target checkpoint answered
         self.say(f"fed {len(eval_set)} eval and {len(slices[0])} train instructions; "
-                 f"{target} battles {', '.join(opponents)} (two games per battle, reference judge)")
+                 f"{target} battles {', '.join(opponents)} (two games per battle, reference judge); "
+                 f"{plan.iterations} iterations of {' -> '.join(plan.stages)}, each round on a fresh slice")
+        round_info: dict = {"iteration": 0, "stage": "base", "selected": 0, "examples": 0}
         try:
-            for it in range(plan.iterations + 1):
+            for k in range(rounds + 1):
                 comp = competitor_name(target, checkpoint)
                 want_eval = len(eval_set) * len(opponents)
-                want_train = len(slices[it]) * len(opponents)
+                want_train = battled.get(comp, 0) * plan.train_per_iteration * len(opponents)
 
                 def progress(comp=comp, want_eval=want_eval, want_train=want_train):
                     e, t = view.verdicts_of(comp, "eval"), view.verdicts_of(comp, "train")
                     return e >= want_eval and t >= want_train, f"{e}/{want_eval} eval and {t}/{want_train} train verdicts"
 
                 self.wait_for(f"verdicts of {comp}", progress, view)
-                row = {"iteration": it, "checkpoint": checkpoint, "competitor": comp, **view.row(comp),
-                       "failures_selected": self.failures_selected.get(it, 0),
-                       "failures_used": self.failures_used.get(it, 0)}
+                row = {**round_info, "checkpoint": checkpoint, "competitor": comp, **view.row(comp),
+                       "failures_selected": self.failures_selected.get(round_info["iteration"], 0)
+                       if round_info["stage"] == "sft" else 0,
+                       "failures_used": self.failures_used.get(round_info["iteration"], 0)
+                       if round_info["stage"] == "sft" else 0}
                 self.rows.append(row)
-                self.say(f"iteration {it}: {comp} rated {row['rating']:.0f} (95% CI {row['lower']:.0f}.."
-                         f"{row['upper']:.0f}) over {row['battles']} eval battles")
-                if it == plan.iterations:
+                self.say(f"iteration {row['iteration']} {row['stage']}: {comp} rated {row['rating']:.0f} "
+                         f"(95% CI {row['lower']:.0f}..{row['upper']:.0f}) over {row['battles']} eval battles")
+                if k == rounds:
                     break
                 # Failures come from the stream worker: wait until it has applied every verdict the ledger has.
                 self.wait_for("the stream worker to apply every verdict", self._stream_caught_up(view), view,
                               interval=0.2)
-                threshold = cfg.threshold_for(it + 1)
-                self.say(f"iteration {it + 1}: closing the round of {comp} (failures lost by >= {threshold:g}); "
-                         f"training {' -> '.join(cfg.trainer.stages)}")
                 try:
-                    result = trainer.close_now(target, iteration=it + 1)
+                    rnd = trainer.close_now(target)
                 except InputError as exc:
                     raise RuntimeError(f"nothing to train on: {exc}") from None
-                self.failures_selected[it + 1] = trainer.selected[(target, it + 1)]
-                self.failures_used[it + 1] = result.used
-                last = result.checkpoints[-1]
-                checkpoint = last.checkpoint
-                loss = last.metrics.get("train_loss")
-                self.say(f"iteration {it + 1}: {self.failures_selected[it + 1]} failures selected, {result.used} "
-                         f"trained on; checkpoint {checkpoint} saved"
-                         + (f" (train loss {loss:.3f})" if isinstance(loss, (int, float)) else "")
-                         + "; the target pool hot-plugs it and answers the eval split again")
+                if rnd.stage == "sft":
+                    self.failures_selected[rnd.iteration] = rnd.selected
+                    self.failures_used[rnd.iteration] = rnd.used
+                round_info = {"iteration": rnd.iteration, "stage": rnd.stage, "selected": rnd.selected,
+                              "examples": rnd.used, "skipped": rnd.result.skipped}
+                what = (f"{rnd.selected} failures selected, {rnd.used} trained on" if rnd.stage == "sft"
+                        else f"{rnd.used} examples from a slice of {rnd.slice} instructions")
+                if rnd.checkpoint is None:
+                    self.say(f"iteration {rnd.iteration} {rnd.stage}: skipped ({rnd.result.skipped})")
+                else:
+                    checkpoint = rnd.checkpoint.checkpoint
+                    loss = rnd.checkpoint.metrics.get("train_loss")
+                    self.say(f"iteration {rnd.iteration} {rnd.stage}: {what}; checkpoint {checkpoint} saved"
+                             + (f" (train loss {loss:.3f})" if isinstance(loss, (int, float)) else "")
+                             + "; the target pool hot-plugs it and answers the eval split again")
 
-                def plugged(ckpt=checkpoint):
-                    n = view.answered(target, ckpt)
-                    return n >= len(eval_set), f"{n}/{len(eval_set)} eval answers"
+                    def plugged(ckpt=checkpoint):
+                        n = view.answered(target, ckpt)
+                        return n >= len(eval_set), f"{n}/{len(eval_set)} eval answers"
 
-                self.wait_for(f"{target}@{checkpoint} to answer", plugged, view)
-                self.publish(cfg, slices[it + 1])
-                self.say(f"fed {len(slices[it + 1])} new train instructions")
+                    self.wait_for(f"{target}@{checkpoint} to answer", plugged, view)
+                self.publish(cfg, slices[k + 1])
+                battled[competitor_name(target, checkpoint)] = battled.get(competitor_name(target, checkpoint), 0) + 1
+                self.say(f"fed {len(slices[k + 1])} new train instructions")
         finally:
             trainer.close()
         return self.summary(view)
@@ -424,13 +442,14 @@ class Demo:
 
 
 def print_table(console, summary: dict) -> None:
-    t = Table(title="the target's rating per iteration (eval split, 95% bootstrap CI; new = failures selected, "
-                    "trained = failures trained on)", title_justify="left")
-    for col in ("iter", "checkpoint", "rating", "95% CI", "battles", "new", "trained"):
-        t.add_column(col, justify="left" if col == "checkpoint" else "right", no_wrap=True)
+    t = Table(title="the target's rating per round (eval split, 95% bootstrap CI; new = failures selected, "
+                    "trained = examples trained on)", title_justify="left")
+    for col in ("iter", "stage", "checkpoint", "rating", "95% CI", "battles", "new", "trained"):
+        t.add_column(col, justify="left" if col in ("checkpoint", "stage") else "right", no_wrap=True)
     for r in summary["iterations"]:
-        t.add_row(str(r["iteration"]), r["checkpoint"], f"{r['rating']:.0f}", f"{r['lower']:.0f} .. {r['upper']:.0f}",
-                  str(r["battles"]), str(r["failures_selected"]), str(r["failures_used"]))
+        t.add_row(str(r["iteration"]), r["stage"], r["checkpoint"], f"{r['rating']:.0f}",
+                  f"{r['lower']:.0f} .. {r['upper']:.0f}", str(r["battles"]), str(r["selected"]),
+                  str(r["examples"]) + (" (skipped)" if r.get("skipped") else ""))
     console.print(t)
     ev = ", ".join(f"{k} {v}" for k, v in summary["events"].items())
     console.print(f"events: {ev}")

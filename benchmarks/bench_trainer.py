@@ -1,11 +1,13 @@
 """Trainer speed: every selection method on a large failure pool, and each TRL stage on a tiny model.
 
-    python benchmarks/bench_trainer.py [--failures 5000] [--budget 500] [--train 64] [--stages sft,dpo,reward,rl]
+    python benchmarks/bench_trainer.py [--failures 5000] [--budget 500] [--train 64] [--stages sft,dpo,rl]
                                        [--hidden 64] [--layers 2] [--epochs 1] [--skip-train]
 
 Selection: wall time of select() per method (ifd-proxy stands in for ifd, which is a forward pass per
-failure and scales with the model). Training: train_iteration() on --train failures with a randomly
-initialised tiny Llama (arena_flywheel.tinymodel), one stage at a time, examples/s per stage.
+failure and scales with the model). Training: train_stage() per stage from a randomly initialised tiny Llama
+(arena_flywheel.tinymodel): sft on --train failures; dpo and rl on a slice of --train instructions, each
+answered by the target and three opponents and judged (target against each opponent) with synthetic
+scores; rl's time includes its reward model (reported apart as reward_s). Examples/s per stage.
 Prints one JSON object.
 """
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arena_flywheel.config import load_config  # noqa: E402
-from arena_flywheel.events import Failure, JudgeInfo, Message  # noqa: E402
+from arena_flywheel.events import Battle, Contestant, Failure, JudgeInfo, Message, Verdict  # noqa: E402
 
 VERBS = ["sort", "reverse", "count", "upper", "sum", "copy", "explain", "list", "name", "compare", "translate", "fix"]
 NOUNS = ["words", "letters", "digits", "colours", "fruits", "cities", "numbers", "rivers", "planets", "tools"]
@@ -41,12 +43,36 @@ def make_failures(n: int, seed: int = 0) -> list[Failure]:
     return out
 
 
+def make_slice(n: int, seed: int = 0) -> tuple[list[Battle], list[Verdict]]:
+    """n instructions, each answered by the target and three opponents of rising skill; the target battles
+    each opponent; scores 1-10 drawn around each model's skill (score-sum, mean)."""
+    rng = random.Random(seed)
+    judge = JudgeInfo(backend="reference", template_id="dual", template_hash="h")
+    skill = {"target": 5, "novice": 3, "solid": 6, "ace": 8}
+    battles, verdicts = [], []
+    for i in range(n):
+        words = " ".join(rng.choice(NOUNS) for _ in range(rng.randint(2, 8)))
+        msgs = [Message(role="user", content=f"{rng.choice(VERBS)} the {rng.choice(NOUNS)}: {words} ({i})")]
+        said = {m: " ".join(rng.sample(words.split(), len(words.split()))) + f" ({m})" for m in skill}
+        mine = Contestant(response_id=f"t{i}", model="target", checkpoint="it1-sft", answers=[said["target"]])
+        for m in ("novice", "solid", "ace"):
+            b = Battle(instruction_id=f"s{i}", messages=msgs, a=mine,
+                       b=Contestant(response_id=f"{m}{i}", model=m, answers=[said[m]]))
+            sa, sb = (float(min(10, max(1, skill[x] + rng.randint(-2, 2)))) for x in ("target", m))
+            battles.append(b)
+            verdicts.append(Verdict(battle_id=b.id, instruction_id=b.instruction_id, competitor_a=mine.competitor,
+                                    competitor_b=m, model_a="target", model_b=m, checkpoint_a="it1-sft",
+                                    score_a=sa, score_b=sb, margin=abs(sa - sb), judge=judge,
+                                    winner="model_a" if sa > sb else "model_b" if sb > sa else "tie"))
+    return battles, verdicts
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--failures", type=int, default=5000)
     ap.add_argument("--budget", type=int, default=500)
     ap.add_argument("--train", type=int, default=64)
-    ap.add_argument("--stages", default="sft,dpo,reward,rl")
+    ap.add_argument("--stages", default="sft,dpo,rl")
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--layers", type=int, default=2)
     ap.add_argument("--epochs", type=float, default=1.0)
@@ -64,32 +90,38 @@ def main() -> None:
         assert len(got) == a.budget
     if not a.skip_train:
         from arena_flywheel.tinymodel import build_tiny_model
-        from trainer.train import train_iteration
+        from trainer.batches import dpo_pairs, reward_rows, rl_prompts, sft_rows, texts_from_battles
+        from trainer.train import train_stage
 
         with tempfile.TemporaryDirectory() as tmp:
             model = build_tiny_model(Path(tmp) / "m", hidden_size=a.hidden, layers=a.layers)
-            fs = make_failures(a.train, seed=1)
+            battles, verdicts = make_slice(a.train, seed=1)
+            rows = {"sft": sft_rows(make_failures(a.train, seed=1), 1),
+                    "dpo": dpo_pairs(battles, verdicts, 1.0, 1)[0], "rl": rl_prompts(battles, 1, verdicts)}
+            reward = reward_rows(verdicts, 1, *texts_from_battles(battles))
             stages = [s for s in a.stages.split(",") if s]
             cfg = load_config(env={}, overrides={"trainer.output_dir": f"{tmp}/ckpt", "trainer.stages": stages,
                                                  "trainer.per_device_batch_size": 8, "trainer.epochs": a.epochs})
-            t = time.perf_counter()
-            res = train_iteration(cfg, model_path=str(model), failures=fs, iteration=1, target="target")
-            total = time.perf_counter() - t
-            result["train"] = {"examples": a.train, "epochs": a.epochs, "stages": stages, "total_s": round(total, 2),
-                               "losses": {s: v.get("train_loss") for s, v in res.metrics["stages"].items()},
-                               "checkpoints": [c.checkpoint for c in res.checkpoints]}
-            # per-stage time: rerun each stage alone from the base model
-            per = {}
-            for s in stages:
-                c = cfg.model_copy(deep=True)
-                c.trainer.stages = ["reward", "rl"] if s == "rl" else [s]
+            train: dict = {"instructions": a.train, "epochs": a.epochs, "stages": stages, "examples": {},
+                           "stage_s": {}, "losses": {}, "checkpoints": []}
+            path, parent = str(model), "base"
+            for s in stages:  # each stage from the previous one's checkpoint, as the service chains them
                 t = time.perf_counter()
-                train_iteration(c, model_path=str(model), failures=fs, iteration=2, target="target")
-                per[s] = round(time.perf_counter() - t, 2)
-            per["rl"] = round(per.get("rl", 0) - per.get("reward", 0), 2) if "rl" in per else None
-            result["train"]["stage_s"] = {k: v for k, v in per.items() if v is not None}
-            result["train"]["examples_per_s"] = {k: round(a.train * a.epochs / v, 1)
-                                                 for k, v in result["train"]["stage_s"].items() if v > 0}
+                res = train_stage(cfg, stage=s, model_path=path, iteration=1, target="target", parent=parent,
+                                  rows=rows[s], reward_rows=reward if s == "rl" else None)
+                train["stage_s"][s] = round(time.perf_counter() - t, 2)
+                train["examples"][s] = len(rows[s])
+                train["losses"][s] = res.metrics.get("train_loss")
+                if s == "rl":
+                    train.update(reward_pairs=len(reward), reward_s=res.metrics.get("reward_s"),
+                                 mean_kl=res.metrics.get("mean_kl"), mean_reward=res.metrics.get("mean_reward"))
+                if res.checkpoint is not None:
+                    train["checkpoints"].append(res.checkpoint.checkpoint)
+                    path, parent = res.checkpoint.path, res.checkpoint.checkpoint
+            train["total_s"] = round(sum(train["stage_s"].values()), 2)
+            train["examples_per_s"] = {s: round(train["examples"][s] * a.epochs / v, 1)
+                                       for s, v in train["stage_s"].items() if v > 0}
+            result["train"] = train
     print(json.dumps(result, indent=1))
 
 

@@ -23,7 +23,7 @@ from consumers.backends import BackendError, create_backend
 from consumers.judging.health import JudgeHealth
 from consumers.judging.injection import measure_injection
 from consumers.judging.model import ModelJudge
-from consumers.judging.policies import POLICIES
+from consumers.judging.policies import POLICIES, policy_for
 from consumers.judging.protocol import orders_for, play_games
 from consumers.judging.reference import reference_judge
 from consumers.judging.replay import RecordedJudgments, RecordingError, ReplayJudge
@@ -50,7 +50,9 @@ class JudgePool(Service):
         self.injection_probe = jc.injection_probe if injection_probe is None else injection_probe
         if jc.policy not in POLICIES:
             raise ConfigError(f"judge policy {jc.policy!r} is not implemented yet; use one of {sorted(POLICIES)}")
-        self.policy = POLICIES[jc.policy]
+        self.policy = policy_for(jc)  # score-sum with judge.combine (mean or sum)
+        # the verdict's policy names a non-default combine, so its id differs from the mean's (ids dedupe)
+        self.policy_name = f"{jc.policy}:sum" if jc.policy == "score-sum" and jc.combine == "sum" else jc.policy
         self.model_judge = None
         self.infos: dict[str, JudgeInfo] = {}  # template id -> JudgeInfo, when the template varies per battle
         if jc.backend == "reference":
@@ -88,7 +90,7 @@ class JudgePool(Service):
                        model_a=battle.a.model, model_b=battle.b.model,
                        checkpoint_a=battle.a.checkpoint, checkpoint_b=battle.b.checkpoint,
                        games=games, score_a=sa, score_b=sb, winner=winner, margin=margin,
-                       policy=self.cfg.judge.policy, judge=self._info(battle))
+                       policy=self.policy_name, judge=self._info(battle))
 
     def _info(self, battle: Battle) -> JudgeInfo:
         if len(self.infos) > 1:  # a reference-guided template for this battle

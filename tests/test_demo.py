@@ -34,6 +34,7 @@ def test_demo_fast_improves_the_target(tmp_path):
     s = json.loads(summary_path.read_text())
     its = s["iterations"]
     assert [r["iteration"] for r in its] == [0, 1, 2, 3]
+    assert [r["stage"] for r in its] == ["base", "sft", "sft", "sft"]  # --fast: one sft round per iteration
     first, last = its[0], its[-1]
     assert first["checkpoint"] == "base" and last["checkpoint"] != "base"
     # The flywheel worked: the last checkpoint is rated above the base with non-overlapping 95% CIs.
@@ -52,7 +53,7 @@ def test_demo_fast_improves_the_target(tmp_path):
     for png in ("ratings.png", "iterations.png"):
         assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # The table was printed for a human too.
-    assert "rating per iteration" in proc.stdout
+    assert "rating per round" in proc.stdout
 
     # `arena watch --once` over the demo's ledger shows the same checkpoints the summary rated.
     cli = [sys.executable, "-m", "arena_cli", "--config", str(data_dir / "demo-arena.toml")]

@@ -568,3 +568,54 @@ def test_reference_guided_template_for_math_battles_with_a_reference(cfg):
     cfg.judge.reference_template = "wizardarena-dual-score"  # shows no reference
     with pytest.raises(UsageError, match="must show"):
         JudgePool(cfg)
+
+
+def test_score_sum_combine_mean_or_sum_and_the_pool_honours_judge_combine(cfg):
+    from consumers.judge import JudgePool
+    from consumers.judging.policies import policy_for
+
+    g = _games((8, 6), (7, 7))
+    assert score_sum(g, combine="mean") == score_sum(g) == ("model_a", 7.5, 6.5, 1.0)  # one game's 1-10 scale
+    assert score_sum(g, combine="sum") == ("model_a", 15, 13, 2.0)  # 2-20 over two games
+    assert score_sum(g, tie_margin=1.5, combine="mean")[0] == "tie"  # the margin is on the combined scale
+    assert score_sum(g, tie_margin=1.5, combine="sum")[0] == "model_a"
+    with pytest.raises(ValueError, match="combine"):
+        score_sum(g, combine="max")
+    cfg.judge.combine = "sum"
+    assert policy_for(cfg.judge)(g, 0.0) == ("model_a", 15, 13, 2.0)
+    pool = JudgePool(cfg)
+    try:
+        v = pool.judge(_battle("42", "The answer is 42", "42"))  # reference judge: 10 and 9 in each game
+    finally:
+        pool.close()
+    assert (v.score_a, v.score_b, v.margin, v.winner) == (20.0, 18.0, 2.0, "model_a")
+    cfg.judge.policy = "fastchat"
+    assert policy_for(cfg.judge) is fastchat
+
+
+def test_retries_of_unparseable_greedy_output_sample_with_a_new_seed(tiny_model):
+    """Greedy decoding gives the same text every time, so a retry at temperature 0 could never parse; the
+    retries sample (temperature > 0) with a different seed per attempt, through a real transformers backend."""
+    from consumers.backends.transformers_backend import TransformersBackend
+    from consumers.judging.model import RETRY_TEMPERATURE, ask, retry_temperature
+
+    backend = TransformersBackend(str(tiny_model), device="cpu")
+    seen = []
+    real = backend.generate
+
+    def spy(reqs):
+        seen.append([(r.temperature, r.seed) for r in reqs])
+        return real(reqs)
+
+    backend.generate = spy
+    try:
+        texts = []
+        out = ask(backend, {"g1": "Score these two answers.", "g2": "Another game."},
+                  lambda t: texts.append(t) and None, retries=2, max_new_tokens=6, temperature=0.0)
+    finally:
+        backend.close()
+    assert [len(s) for s in seen] == [2, 2, 2] and all(a.attempts == 3 and a.value is None for a in out.values())
+    assert seen[0] == [(0.0, 1), (0.0, 1)]  # the first attempt as configured (greedy)
+    assert seen[1] == [(RETRY_TEMPERATURE, 2)] * 2 and seen[2] == [(RETRY_TEMPERATURE, 3)] * 2
+    assert RETRY_TEMPERATURE > 0 and len(set(texts)) > 2  # sampled retries say something else
+    assert retry_temperature(0.3, 2) == 0.3 and retry_temperature(0.0, 1) == 0.0

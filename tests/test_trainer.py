@@ -6,7 +6,7 @@ import json
 import pytest
 
 from arena_flywheel.events import Failure, JudgeInfo, Message
-from trainer.batches import dataset_hash, dpo_rows, reward_rows, rl_prompts, sft_rows, texts_from_battles
+from trainer.batches import dataset_hash, dpo_pairs, reward_rows, rl_prompts, sft_rows, texts_from_battles
 from trainer.select import METHODS, read_failures, select, write_failures
 
 WORDS = ["sort", "reverse", "count", "upper", "sum", "copy", "letters", "words", "digits", "list"]
@@ -58,6 +58,21 @@ def test_ifd_with_the_target_model(tiny_model):
         select(POOL, "ifd", budget=3)
 
 
+def judged(f: Failure, score_target: float = 2.0, score_winner: float = 9.0):
+    """The battle a failure came from (the winner against the target) and its verdict, with scores."""
+    from arena_flywheel.events import Battle, Contestant, Verdict
+
+    b = Battle(instruction_id=f.instruction_id, messages=f.messages,
+               a=Contestant(response_id=f"rw{f.instruction_id}", model=f.winner_model, answers=f.winner_answers),
+               b=Contestant(response_id=f"rt{f.instruction_id}", model=f.target, checkpoint=f.target_checkpoint,
+                            answers=f.target_answers))
+    v = Verdict(battle_id=b.id, instruction_id=b.instruction_id, competitor_a=b.a.competitor,
+                competitor_b=b.b.competitor, model_a=b.a.model, model_b=b.b.model, checkpoint_b=b.b.checkpoint,
+                score_a=score_winner, score_b=score_target, winner="model_a", margin=score_winner - score_target,
+                judge=f.judge)
+    return b, v
+
+
 def test_batch_formats_load_with_datasets_and_keep_provenance():
     from datasets import Dataset
 
@@ -66,14 +81,19 @@ def test_batch_formats_load_with_datasets_and_keep_provenance():
     conv = sft[0]["messages"]
     assert [m["role"] for m in conv] == ["system", "user", "assistant", "user", "assistant"]
     assert conv[2]["content"] == "The answer is 1." and conv[4]["content"] == "The answer is 2."
-    dpo = dpo_rows(fs, iteration=4)
-    assert dpo[0]["prompt"] == conv[:-1]
+    battles, verdicts = zip(*(judged(f) for f in fs))
+    dpo, counts = dpo_pairs(battles, verdicts, threshold=3.0, iteration=4)
+    assert dpo[0]["prompt"] == conv[:-1]  # earlier turns answered by the chosen answer
     assert dpo[0]["chosen"] == [conv[-1]] and dpo[0]["rejected"] == [{"role": "assistant", "content": "1?"}]
-    rl = rl_prompts(fs)
-    assert rl[0]["prompt"][-1]["role"] == "user"
+    assert counts == {"chosen": {"ace": 2}, "rejected": {"target": 2}}
+    rl = rl_prompts(battles)
+    assert rl[0]["prompt"] == conv[:-1] and rl[0]["prompt"][-1]["role"] == "user"
     for rows in (sft, dpo, rl):
         ds = Dataset.from_list(rows)
-        assert ds[0]["battle_ids"] == ["bat1"] and ds[0]["verdict_ids"] == ["ver1"]
+        assert ds[0]["battle_ids"] == ([battles[0].id] if rows is not sft else ["bat1"])
+    for rows in (sft, dpo):
+        ds = Dataset.from_list(rows)
+        assert ds[0]["verdict_ids"] == ([verdicts[0].id] if rows is dpo else ["ver1"])
         assert ds[0]["template_hash"] == "h123"
     assert dataset_hash(sft) == dataset_hash(sft_rows(fs, iteration=4)) != dataset_hash(sft_rows(fs, iteration=5))
 
@@ -119,29 +139,10 @@ def _cfg_for_training(cfg, tmp_path, stages, **kw):
     return c
 
 
-@pytest.mark.slow
-def test_every_stage_produces_a_loadable_checkpoint(cfg, tmp_path, tiny_model):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from trainer.train import train_iteration
-
-    c = _cfg_for_training(cfg, tmp_path, ["sft", "dpo", "reward", "rl"])
-    fs = [failure(i) for i in range(8)]
-    res = train_iteration(c, model_path=str(tiny_model), failures=fs, iteration=1, target="target")
-    assert [k.checkpoint for k in res.checkpoints] == ["it1-sft", "it1-dpo", "it1-rl"]
-    assert [k.parent for k in res.checkpoints] == ["base", "it1-sft", "it1-dpo"]
-    assert res.used == 8
-    for k in res.checkpoints:
-        AutoModelForCausalLM.from_pretrained(k.path)
-        assert k.metrics["failures_used"] == 8 and k.metrics["examples"] == 8
-        assert isinstance(k.metrics["train_loss"], float) and k.dataset_hash
-    assert res.checkpoints[-1].metrics["algorithm"] == "rloo"
-    AutoModelForSequenceClassification.from_pretrained(res.metrics["stages"]["reward"]["path"])
-
-
+# every stage's checkpoint (sft -> dpo -> rl, published, loadable, the reward model beside it): tests/test_stages.py
 def test_grpo_and_reward_pairs_from_battles(cfg, tmp_path, tiny_model):
     from arena_flywheel.events import Battle, Contestant, Verdict
-    from trainer.train import train_iteration
+    from trainer.train import train_stage
 
     msgs = [Message(role="user", content=f"what is {k} + 1?") for k in range(6)]
     battles = [Battle(instruction_id=f"i{k}", messages=[m],
@@ -150,31 +151,44 @@ def test_grpo_and_reward_pairs_from_battles(cfg, tmp_path, tiny_model):
     verdicts = [Verdict(battle_id=b.id, instruction_id=b.instruction_id, competitor_a="x", competitor_b="y",
                         model_a="x", model_b="y", winner="model_a", judge=JudgeInfo(backend="reference"))
                 for b in battles]
-    c = _cfg_for_training(cfg, tmp_path, ["reward", "rl"], rl_algorithm="grpo")
-    res = train_iteration(c, model_path=str(tiny_model), failures=[failure(i) for i in range(4)], iteration=1,
-                          target="target", verdicts=verdicts, battles=battles)
-    assert res.metrics["stages"]["reward"]["examples"] == 6  # the battles' pairs, not the 4 failures
-    (ck,) = res.checkpoints
-    assert ck.stage == "rl" and ck.metrics["algorithm"] == "grpo" and ck.parent == "base"
-    assert isinstance(ck.metrics["mean_reward"], float)
+    c = _cfg_for_training(cfg, tmp_path, ["rl"], rl_algorithm="grpo", rl_max_completion_length=8)
+    res = train_stage(c, stage="rl", model_path=str(tiny_model), iteration=1, target="target", parent="base",
+                      rows=rl_prompts(battles[:4], 1), reward_rows=reward_rows(verdicts, 1, *texts_from_battles(battles)))
+    ck = res.checkpoint
+    assert ck.metrics["reward_pairs"] == 6 and ck.metrics["examples"] == 4  # the battles' pairs, the slice's prompts
+    assert ck.stage == "rl" and ck.metrics["algorithm"] == "grpo" and ck.parent == "base" and ck.checkpoint == "it1-rl"
+    assert isinstance(ck.metrics["mean_reward"], float) and ck.metrics["beta"] == c.trainer.rl_beta
 
 
-def test_rl_without_reward_model_is_skipped_honestly_and_lora_adapters_chain(cfg, tmp_path, tiny_model):
-    from trainer.train import train_iteration
+def test_rl_without_enough_judged_battles_is_skipped_honestly_and_lora_adapters_chain(cfg, tmp_path, tiny_model):
+    import os
 
-    c = _cfg_for_training(cfg, tmp_path, ["sft", "rl"], lora=True)
-    res = train_iteration(c, model_path=str(tiny_model), failures=[failure(i) for i in range(4)], iteration=1,
-                          target="target")
-    assert [k.stage for k in res.checkpoints] == ["sft"]
-    assert "reward stage" in res.metrics["stages"]["rl"]["skipped"]
+    from trainer.train import train_stage
+
+    c = _cfg_for_training(cfg, tmp_path, ["sft", "rl"], lora=True, rl_max_completion_length=8)
+    fs = [failure(i) for i in range(4)]
+    res = train_stage(c, stage="sft", model_path=str(tiny_model), iteration=1, target="target", parent="base",
+                      rows=sft_rows(fs, 1))
+    assert res.checkpoint.stage == "sft" and res.checkpoint.metrics["failure_ids"] == sorted(f.id for f in fs)
     adapter = json.loads((tmp_path / "ckpt/target/it1-sft/adapter_config.json").read_text())
     assert adapter["base_model_name_or_path"] == str(tiny_model)
+    battles, verdicts = zip(*(judged(f) for f in fs))
+    prompts, pairs = rl_prompts(battles, 1), reward_rows(verdicts, 1, *texts_from_battles(battles))
+    skipped = train_stage(c, stage="rl", model_path=res.checkpoint.path, iteration=1, target="target",
+                          parent="it1-sft", rows=prompts, reward_rows=pairs[:3])
+    assert skipped.checkpoint is None and "reward model" in skipped.skipped and "3 judged battles" in skipped.skipped
+    assert not (tmp_path / "ckpt/target/it1-rl").exists()
+    # rl continues the same adapter (TRL's reference: a frozen copy of it, not saved with it)
+    rl = train_stage(c, stage="rl", model_path=res.checkpoint.path, iteration=1, target="target", parent="it1-sft",
+                     rows=prompts, reward_rows=pairs)
+    adapter = json.loads((tmp_path / "ckpt/target/it1-rl/adapter_config.json").read_text())
+    assert adapter["base_model_name_or_path"] == str(tiny_model) and rl.checkpoint.parent == "it1-sft"
+    assert not os.path.exists(tmp_path / "ckpt/target/it1-rl/ref") and rl.metrics["mean_kl"] is not None
     # the next iteration continues the same adapter: still relative to the pool's base model
-    c.trainer.stages = ["sft"]
-    res2 = train_iteration(c, model_path=res.checkpoints[0].path, failures=[failure(i) for i in range(4)],
-                           iteration=2, target="target", parent="it1-sft")
+    res2 = train_stage(c, stage="sft", model_path=rl.checkpoint.path, iteration=2, target="target", parent="it1-rl",
+                       rows=sft_rows(fs, 2))
     adapter = json.loads((tmp_path / "ckpt/target/it2-sft/adapter_config.json").read_text())
-    assert adapter["base_model_name_or_path"] == str(tiny_model) and res2.checkpoints[0].parent == "it1-sft"
+    assert adapter["base_model_name_or_path"] == str(tiny_model) and res2.checkpoint.parent == "it1-rl"
 
 
 # ---------------------------------------------------------------------- over the real broker
@@ -225,12 +239,12 @@ def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_pa
     try:
         _wait(lambda: svc.poll_once() == 0 and svc.targets.get("target") and
               len(svc.state("target").failures) == 4, timeout=30)
-        assert not svc.results and svc.bad_records == 1
+        assert not svc.rounds and svc.bad_records == 1
         _publish(c, [failure(3, margin=3.5)])  # the newer record of ins3 passes the threshold
-        _wait(lambda: svc.poll_once() >= 0 and svc.results, timeout=60)
+        _wait(lambda: svc.poll_once() >= 0 and svc.rounds, timeout=60)
     finally:
         svc.close()
-    assert len(svc.results) == 1
+    assert len(svc.rounds) == 1
     ck = [k for k in read_checkpoints(c) if k.model == "target"]
     assert [(k.checkpoint, k.iteration, k.stage, k.parent) for k in ck] == [("it1-sft", 1, "sft", "base")]
     assert ck[0].metrics["failures_used"] == 4 and ck[0].dataset_hash
@@ -244,7 +258,7 @@ def test_service_round_checkpoint_event_and_the_pool_answers_with_it(cfg, tmp_pa
         _publish(c, first[:3] + [failure(3, margin=3.5)])
         _wait(lambda: again.poll_once() == 0 and len(again.targets["target"].failures) == 4, timeout=20)
         assert len(again.targets["target"].failures) == 4
-        assert not again.results and again.ready(again.state("target")) == []
+        assert not again.rounds and again.ready(again.state("target")) == []
     finally:
         again.close()
 
@@ -326,7 +340,7 @@ model = "{tiny_model}"
     _publish(cfg, [failure(i, margin=float(i)) for i in range(5)])  # margins 0..4: 3 pass 2.0
     assert main(["train", "--iteration", "2"]) == 2
     err = capsys.readouterr().err
-    assert "next iteration is 1" in err and len(err.strip().splitlines()) == 1
+    assert "next round is iteration 1 (sft)" in err and len(err.strip().splitlines()) == 1
     assert main(["train", "--iteration", "1"]) == 0  # far below batch_size: closed by command
     assert "target@it1-sft" in capsys.readouterr().out
 
@@ -352,7 +366,7 @@ model = "{tiny_model}"
     assert main(["iterations", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     (row,) = data["rows"]
-    assert row["checkpoint"] == "it1-sft" and row["failures_used"] == 3 and row["train_loss"] > 0
+    assert row["checkpoint"] == "it1-sft" and row["examples"] == 3 and row["train_loss"] > 0
     assert row["vs_parent"] > 0 and row["lower"] < row["rating"] < row["upper"]
     assert "12 eval verdicts" in data["note"]
 
@@ -375,7 +389,7 @@ def test_sft_learns_the_winning_answers_multi_turn_included(cfg, tmp_path, tiny_
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from trainer.train import completion_rows, train_iteration
+    from trainer.train import completion_rows, train_stage
 
     fs = [failure(i, turns=2) for i in range(4)]
     turns = completion_rows(sft_rows(fs))
@@ -396,8 +410,9 @@ def test_sft_learns_the_winning_answers_multi_turn_included(cfg, tmp_path, tiny_
         return total / len(turns)
 
     c = _cfg_for_training(cfg, tmp_path, ["sft"], epochs=10, learning_rate=5e-3)
-    res = train_iteration(c, model_path=str(tiny_model), failures=fs, iteration=1, target="target")
-    before, after = answer_nll(str(tiny_model)), answer_nll(res.checkpoints[0].path)
+    res = train_stage(c, stage="sft", model_path=str(tiny_model), iteration=1, target="target", parent="base",
+                      rows=sft_rows(fs, 1))
+    before, after = answer_nll(str(tiny_model)), answer_nll(res.checkpoint.path)
     assert after < 0.5 * before, (before, after)
 
 

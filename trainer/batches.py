@@ -1,19 +1,23 @@
-"""Failures and verdicts -> TRL-native rows (conversational format), each carrying its provenance.
+"""Failures, battles and verdicts -> TRL-native rows (conversational format), each carrying its provenance.
 
 Formats are the ones TRL's trainers read directly:
-- SFT: {"messages": [...]} the whole conversation, every user turn followed by the winner's answer.
-- DPO / reward: {"prompt": [...], "chosen": [assistant], "rejected": [assistant]}: the prompt is the
-  conversation up to the last user turn (earlier turns answered by the winner), chosen = the best
-  winning answer, rejected = the target's answer.
-- RL: {"prompt": [...]} only; the policy writes its own answers.
-Extra columns (battle_ids, verdict_ids, judge, template_hash, iteration, instruction_id) are ignored by
-the trainers and kept for provenance.
+- SFT (`sft_rows`, from failures): {"messages": [...]} the whole conversation, every user turn followed by
+  the winner's answer.
+- DPO (`dpo_pairs`, from a slice's battles and verdicts): {"prompt": [...], "chosen": [assistant],
+  "rejected": [assistant]}: over every battle model's answer to an instruction, chosen = the best-judged
+  answer, rejected = the worst-judged one.
+- Reward (`reward_rows`, from a slice's judged battles): the same shape, one pair per battle with a winner.
+- RL (`rl_prompts`, from a slice's battles): {"prompt": [...]} only; the policy writes its own answers.
+A prompt is the conversation up to the last user turn, its earlier turns answered by the chosen (winning)
+answer's earlier turns. Extra columns (instruction_id, battle_ids, verdict_ids, judge, template_hash,
+iteration, ...) are ignored by the trainers and kept for provenance.
 """
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any, Iterable
 
-from arena_flywheel.events import Failure, Verdict, chat, stable_hash
+from arena_flywheel.events import Battle, Failure, Verdict, chat, stable_hash
 
 
 def conversation_messages(f: Failure, answers: list[str] | None = None) -> list[dict[str, str]]:
@@ -34,19 +38,36 @@ def sft_rows(failures: Iterable[Failure], iteration: int = 0) -> list[dict[str, 
             for f in failures if f.winner_answers]
 
 
-def dpo_rows(failures: Iterable[Failure], iteration: int = 0) -> list[dict[str, Any]]:
-    rows = []
-    for f in failures:
-        conv = conversation_messages(f)
-        if not conv or not f.target_answers:
-            continue
-        n_turns = sum(m["role"] == "assistant" for m in conv)
-        rejected = f.target_answers[min(n_turns, len(f.target_answers)) - 1]
-        if rejected == conv[-1]["content"]:
-            continue  # identical answers teach nothing and give DPO a zero margin
-        rows.append({"prompt": conv[:-1], "chosen": [conv[-1]],
-                     "rejected": [{"role": "assistant", "content": rejected}], **_provenance(f, iteration)})
-    return rows
+def _as_dicts(msgs) -> list[dict[str, str]]:
+    return [m if isinstance(m, dict) else m.model_dump() for m in msgs]
+
+
+def prompt_before_last_turn(msgs, answers: list[str]) -> list[dict[str, str]]:
+    """The conversation up to (and with) its last user turn: system messages kept, each earlier user turn
+    followed by `answers[k]` ("" when there is none). Assistant messages in the instruction are replaced."""
+    msgs = _as_dicts(msgs)
+    last = sum(m["role"] == "user" for m in msgs) - 1
+    prompt, k = [], 0
+    for m in msgs:
+        if m["role"] == "system":
+            prompt.append({"role": "system", "content": m["content"]})
+        elif m["role"] == "user":
+            prompt.append({"role": "user", "content": m["content"]})
+            if k == last:
+                break
+            prompt.append({"role": "assistant", "content": answers[k] if k < len(answers) else ""})
+            k += 1
+    return prompt
+
+
+def _n_users(msgs) -> int:
+    return sum(m["role"] == "user" for m in _as_dicts(msgs))
+
+
+def _one(values: Iterable[str]) -> str:
+    """One provenance value for several verdicts: the value when they agree, else all of them joined by +."""
+    vals = sorted({v for v in values if v})
+    return "+".join(vals)
 
 
 def reward_rows(verdicts: Iterable[Verdict], iteration: int = 0, messages: dict[str, list] | None = None,
@@ -55,7 +76,8 @@ def reward_rows(verdicts: Iterable[Verdict], iteration: int = 0, messages: dict[
 
     A Verdict holds no text, so the caller passes the texts: `messages[instruction_id]` (the
     instruction's messages as dicts) and `answers[battle_id] = (answers_a, answers_b)`; the Battle
-    events have both (see `texts_from_battles`). Verdicts whose texts are unknown are skipped.
+    events have both (see `texts_from_battles`). Verdicts whose texts are unknown are skipped, and so are
+    pairs whose last answers are the same text.
     """
     messages, answers = messages or {}, answers or {}
     rows, seen = [], set()
@@ -67,21 +89,11 @@ def reward_rows(verdicts: Iterable[Verdict], iteration: int = 0, messages: dict[
         if not msgs or not pair:
             continue
         win, lose = (pair[0], pair[1]) if v.winner == "model_a" else (pair[1], pair[0])
-        prompt, k = [], 0
-        users = [m for m in msgs if m["role"] == "user"]
-        for m in msgs:
-            if m["role"] == "system":
-                prompt.append(dict(m))
-            elif m["role"] == "user":
-                prompt.append(dict(m))
-                if k == len(users) - 1:
-                    break
-                prompt.append({"role": "assistant", "content": win[k] if k < len(win) else ""})
-                k += 1
-        last = len(users) - 1
-        if last >= len(win) or last >= len(lose) or win[last] == lose[last]:
+        last = _n_users(msgs) - 1
+        if last < 0 or last >= len(win) or last >= len(lose) or win[last] == lose[last]:
             continue
-        rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": win[last]}],
+        rows.append({"prompt": prompt_before_last_turn(msgs, win),
+                     "chosen": [{"role": "assistant", "content": win[last]}],
                      "rejected": [{"role": "assistant", "content": lose[last]}],
                      "instruction_id": v.instruction_id, "battle_ids": [v.battle_id], "verdict_ids": [v.id],
                      "judge": v.judge.judge_id, "template_hash": v.judge.template_hash, "iteration": iteration,
@@ -99,13 +111,121 @@ def texts_from_battles(battles) -> tuple[dict[str, list], dict[str, tuple[list[s
     return msgs, ans
 
 
-def rl_prompts(failures: Iterable[Failure], iteration: int = 0) -> list[dict[str, Any]]:
-    rows = []
-    for f in failures:
-        conv = conversation_messages(f)
-        if conv:
-            rows.append({"prompt": conv[:-1], **_provenance(f, iteration)})
-    return rows
+class _Answer:
+    """One answer (a response) to an instruction, with the judged scores it received."""
+
+    __slots__ = ("competitor", "response_id", "answers", "scores", "battle_ids", "verdicts")
+
+    def __init__(self, competitor: str, response_id: str, answers: list[str]):
+        self.competitor, self.response_id, self.answers = competitor, response_id, answers
+        self.scores: list[float] = []
+        self.battle_ids: list[str] = []
+        self.verdicts: list[Verdict] = []
+
+    @property
+    def score(self) -> float:
+        return sum(self.scores) / len(self.scores)
+
+
+def judged_answers(battles: Iterable[Battle], verdicts: Iterable[Verdict]) -> dict[str, list[_Answer]]:
+    """instruction id -> every distinct answer (by response id) of its battles that at least one verdict
+    scored, each with the scores it received: Verdict.score_a belongs to battle.a's answer, score_b to
+    battle.b's. A verdict without scores (invalid, or a label policy such as arena-hard) scores nothing;
+    a verdict counted twice (same id) counts once; a verdict whose battle is not given is skipped."""
+    by_battle = {b.id: b for b in battles}
+    answers: dict[str, dict[str, _Answer]] = {}
+    seen: set[str] = set()
+    for v in verdicts:
+        b = by_battle.get(v.battle_id)
+        if b is None or v.id in seen or v.score_a is None or v.score_b is None:
+            continue
+        seen.add(v.id)
+        per = answers.setdefault(b.instruction_id, {})
+        for side, score in ((b.a, v.score_a), (b.b, v.score_b)):
+            ans = per.get(side.response_id)
+            if ans is None:
+                ans = per[side.response_id] = _Answer(side.competitor, side.response_id, list(side.answers))
+            ans.scores.append(float(score))
+            ans.battle_ids.append(b.id)
+            ans.verdicts.append(v)
+    return {i: list(per.values()) for i, per in answers.items()}
+
+
+def ranked_answers(instruction_id: str, answers: list[_Answer]) -> list[_Answer]:
+    """Best-judged first; equal scores in the order of a hash of (instruction id, response id)."""
+    return sorted(answers, key=lambda a: (-a.score, stable_hash(instruction_id, a.response_id, length=16)))
+
+
+def dpo_pairs(battles: Iterable[Battle], verdicts: Iterable[Verdict], threshold: float,
+              iteration: int = 0) -> tuple[list[dict[str, Any]], dict[str, dict[str, int]]]:
+    """DPO pairs of a slice: for each instruction, over ALL its battle models' answers (the target's current
+    checkpoint included), chosen = the best-judged answer and rejected = the worst-judged one.
+
+    An answer's judged score is the mean of the scores it received in the verdicts of its battles
+    (Verdict.score_a belongs to battle.a's answer, score_b to battle.b's). Verdicts whose scores are None
+    (invalid battles, label policies such as arena-hard that give no scores) are skipped: with such a
+    judge no pair comes out. A pair is kept when its judged gap (best - worst) is >= `threshold` and > 0,
+    on the scale of the verdicts' scores (judge.combine = "mean": one game's 1-10; "sum": 2-20), and when
+    the two last answers differ. Equal scores are broken by a hash of the instruction and response ids:
+    deterministic, and favouring no model (a name order would always pick the same one among equals).
+
+    Rows are TRL conversational {"prompt", "chosen", "rejected"}: the prompt is the conversation up to
+    the last user turn, earlier turns answered by the chosen answer's earlier turns. Provenance columns:
+    instruction_id, battle_ids and verdict_ids (those that scored the chosen or the rejected answer),
+    judge, template_hash, iteration, chosen_model, rejected_model, gap.
+
+    Returns (rows, counts): counts = {"chosen": {competitor: n}, "rejected": {competitor: n}} over the
+    kept pairs (the paper's Table 7).
+    """
+    battles = list(battles)
+    msgs = {b.instruction_id: b.messages for b in battles}
+    rows: list[dict[str, Any]] = []
+    chosen_n: Counter = Counter()
+    rejected_n: Counter = Counter()
+    for instruction_id, answers in sorted(judged_answers(battles, verdicts).items()):
+        last = _n_users(msgs[instruction_id]) - 1
+        answers = [a for a in answers if 0 <= last < len(a.answers)]
+        if len(answers) < 2:
+            continue
+        ranked = ranked_answers(instruction_id, answers)
+        best, worst = ranked[0], ranked[-1]
+        gap = best.score - worst.score
+        if gap <= 0 or gap < threshold or best.answers[last] == worst.answers[last]:
+            continue
+        used = {v.id: v for v in best.verdicts + worst.verdicts}
+        rows.append({"prompt": prompt_before_last_turn(msgs[instruction_id], best.answers),
+                     "chosen": [{"role": "assistant", "content": best.answers[last]}],
+                     "rejected": [{"role": "assistant", "content": worst.answers[last]}],
+                     "instruction_id": instruction_id,
+                     "battle_ids": sorted(set(best.battle_ids + worst.battle_ids)),
+                     "verdict_ids": sorted(used),
+                     "judge": _one(v.judge.judge_id for v in used.values()),
+                     "template_hash": _one(v.judge.template_hash for v in used.values()),
+                     "iteration": iteration, "chosen_model": best.competitor, "rejected_model": worst.competitor,
+                     "gap": float(gap)})
+        chosen_n[best.competitor] += 1
+        rejected_n[worst.competitor] += 1
+    return rows, {"chosen": dict(sorted(chosen_n.items())), "rejected": dict(sorted(rejected_n.items()))}
+
+
+def rl_prompts(battles: Iterable[Battle], iteration: int = 0,
+               verdicts: Iterable[Verdict] = ()) -> list[dict[str, Any]]:
+    """One RL prompt per instruction of the slice's battles: its conversation up to the last user turn.
+    Earlier turns (multi-turn instructions) are answered by the best-judged answer when `verdicts` score
+    the instruction's answers, else by the first battle's side a."""
+    battles = list(battles)
+    best = {i: ranked_answers(i, ans)[0] for i, ans in judged_answers(battles, verdicts).items()}
+    rows: dict[str, dict[str, Any]] = {}
+    for b in battles:
+        row = rows.get(b.instruction_id)
+        if row is None:
+            earlier = best[b.instruction_id].answers if b.instruction_id in best else list(b.a.answers)
+            row = rows[b.instruction_id] = {"prompt": prompt_before_last_turn(b.messages, earlier),
+                                            "instruction_id": b.instruction_id, "battle_ids": [],
+                                            "iteration": iteration}
+        if b.id not in row["battle_ids"]:
+            row["battle_ids"].append(b.id)
+    return [rows[i] for i in sorted(rows)]
 
 
 def dataset_hash(rows: list[dict[str, Any]]) -> str:

@@ -1,36 +1,43 @@
-"""The trainer service: failures in, checkpoints out (`arena train`, `arena iterations`).
+"""The trainer service: the paper's schedule as rounds, one stage each, checkpoints out (`arena train`).
 
-State is derived from two topics, so a restarted service picks up where it was:
-- `checkpoints` (one partition, read whole): each target's current checkpoint, its path and the last
-  iteration number; the next round is iteration last + 1, with threshold
-  `threshold_schedule[min(N - 1, len - 1)]` (the paper moves it 3 -> 2 -> 1).
-- `failures` (compacted, keyed by instruction) under the group `<prefix>trainer`: the latest record
-  per (instruction, target) wins. Only failures of the target's CURRENT checkpoint count: once a round
-  trains, the target moves to the new checkpoint, so failures already used can never be used again,
-  even when a crash re-delivers them (offsets are committed after the round's checkpoints are
-  published: at-least-once, and a re-trained round reproduces the same checkpoint names and ids).
+An iteration is its stages (trainer.stages, in order sft -> dpo -> rl), and every stage is one round on its
+own fresh slice of train instructions, battled by the newest checkpoint (Arena Learning's Table 5: "three
+slices of data for SFT, DPO, and PPO training"). The newest checkpoint is what the target's generation pool
+serves, so the train instructions it answers after a round are the next round's slice:
 
-A round closes when `trainer.batch_size` failures of the current checkpoint pass the iteration's
-threshold (the largest margins are used), or on command: `close_now(target, N)` (what `arena train
---iteration N` and `arena demo` call) closes iteration N now with whatever qualifies on the topic. Targets are
-`arena.targets`, or every target seen in failures when that list is empty; a target's base model is its
-`[[competitors]]` entry (`model`).
+- sft: the failures of the current checkpoint (the failures topic, group `<prefix>trainer`) where the target
+  lost by at least the iteration's threshold (`threshold_schedule`, the paper moves it 3 -> 2 -> 1), largest
+  margins first; the round closes at `trainer.batch_size` of them.
+- dpo: every battle model's answers to the slice's instructions (the current checkpoint's own included),
+  read with their verdicts from the SQL ledger: chosen = the best-judged answer, rejected = the worst, pairs
+  whose judged gap passes the threshold. The round closes once `trainer.slice_size` train instructions were
+  battled and judged with the current checkpoint.
+- rl: a reward model trained on the slice's judged battles (ties excluded), then RLOO or GRPO on the
+  slice's prompts with a KL penalty (`trainer.rl_beta`) against the stage's starting checkpoint.
+
+State is derived from the topics, so a restarted service picks up where it was: `checkpoints` (read whole)
+gives each target's current checkpoint, its iteration and stage, hence the next round; only failures and
+battles of the CURRENT checkpoint count, so a crash that redelivers them cannot train on them twice.
+`close_now(target)` (what `arena train --iteration N` and `arena demo` call) closes the next round at once
+with whatever its slice holds.
 """
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 from arena_flywheel.config import Config
 from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.errors import ConfigError, InputError
-from arena_flywheel.events import Failure
+from arena_flywheel.events import Battle, Checkpoint, Failure, Verdict, competitor_name
 from arena_flywheel.kafka import Publisher, read_checkpoints, read_topic
 from arena_flywheel.store import LedgerStore
 
+from .batches import dpo_pairs, reward_rows, rl_prompts, sft_rows, texts_from_battles
 from .select import select, with_earlier
-from .train import IterationResult, train_iteration
+from .train import StageResult, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +55,42 @@ class TargetState:
     name: str
     checkpoint: str = "base"
     path: str | None = None
-    iteration: int = 0  # last trained iteration
+    iteration: int = 0  # iteration of the current checkpoint (0: the base model)
+    stage: str | None = None  # its stage (None: the base model)
     failures: dict[str, Failure] = field(default_factory=dict)  # instruction id -> latest failure
     used: dict[str, Failure] = field(default_factory=dict)  # trainer.accumulate: earlier rounds' selections
     used_ids: list[str] = field(default_factory=list)  # the failure ids the current checkpoint trained on
 
+    @property
+    def competitor(self) -> str:
+        return competitor_name(self.name, self.checkpoint)
+
     def current(self) -> list[Failure]:
         return [f for f in self.failures.values() if f.target_checkpoint == self.checkpoint]
+
+
+@dataclass
+class Round:
+    """One closed round: a stage of an iteration, what it trained on and what it made."""
+    target: str
+    iteration: int
+    stage: str
+    result: StageResult
+    selected: int = 0  # sft: failures newly selected (before trainer.accumulate adds earlier rounds')
+    used: int = 0  # examples it trained on (sft: failures, dpo: pairs, rl: prompts)
+    slice: int = 0  # instructions of the slice (dpo, rl)
+
+    @property
+    def checkpoint(self) -> Checkpoint | None:
+        return self.result.checkpoint
+
+
+def next_round(cfg: Config, st: TargetState) -> tuple[int, str]:
+    """(iteration, stage) of the target's next round."""
+    stages = list(cfg.trainer.stages)
+    if st.stage in stages and st.stage != stages[-1]:
+        return st.iteration, stages[stages.index(st.stage) + 1]
+    return st.iteration + 1, stages[0]
 
 
 def read_failure_events(cfg: Config, timeout_s: float = 10.0) -> list[Failure]:
@@ -69,8 +105,7 @@ class TrainerService(Service):
     def __init__(self, cfg: Config, *, poll_timeout_ms: int = 500, publisher: Publisher | None = None):
         self.cfg = cfg
         self.targets: dict[str, TargetState] = {}
-        self.results: list[IterationResult] = []
-        self.selected: dict[tuple[str, int], int] = {}  # (target, iteration) -> failures newly selected
+        self.rounds: list[Round] = []
         self.loop = ConsumerLoop(cfg, [cfg.topic("failures")], group_id(cfg), self.handle, expect=Failure,
                                  stage="trainer", publisher=publisher, poll_timeout_ms=poll_timeout_ms)
 
@@ -112,9 +147,11 @@ class TrainerService(Service):
             if not self.wanted(ev.model):
                 continue
             st = self.state(ev.model)
-            if ev.iteration >= st.iteration:  # the latest iteration's last stage is what the pool serves
+            if ev.iteration >= st.iteration:  # the topic is in order: the latest round is what the pool serves
                 st.checkpoint, st.path, st.iteration = ev.checkpoint, ev.path, ev.iteration
-                st.used_ids = list(ev.metrics.get("failure_ids") or [])
+                st.stage = ev.stage or None
+                if ev.stage == "sft" or "failure_ids" in ev.metrics:
+                    st.used_ids = list(ev.metrics.get("failure_ids") or [])
 
     def restore_used(self) -> None:
         """trainer.accumulate after a restart: the failures the current checkpoints trained on (their ids
@@ -144,39 +181,80 @@ class TrainerService(Service):
 
     # ------------------------------------------------------------------ rounds
     def ready(self, st: TargetState) -> list[Failure]:
-        t = self.cfg.threshold_for(st.iteration + 1)
+        """sft: the current checkpoint's failures that pass the next iteration's threshold, largest first."""
+        t = self.cfg.threshold_for(next_round(self.cfg, st)[0])
         return select(st.current(), "pair-judge", budget=self.cfg.trainer.batch_size, threshold=t,
                       seed=self.cfg.trainer.seed)
 
-    def close_round(self, target: str, iteration: int | None = None, force: bool = False) -> IterationResult | None:
-        """Train the target's next iteration if its batch is full (or `force`); None when nothing ran."""
-        st = self.state(target)
-        n = st.iteration + 1
-        if iteration is not None and iteration != n:
-            raise InputError(f"{target}: the next iteration is {n} (iteration {st.iteration} is the last trained)")
-        chosen = self.ready(st)
-        if not chosen or (len(chosen) < self.cfg.trainer.batch_size and not force):
-            return None
-        if not st.path:
-            raise ConfigError(f"{target}: no model path: add it to [[competitors]] (name = {target!r}, model = DIR)")
-        log.info("%s: closing iteration %d with %d failures of %s (threshold %g)", target, n, len(chosen),
-                 st.checkpoint, self.cfg.threshold_for(n))
-        self.selected[(target, n)] = len(chosen)
-        if self.cfg.trainer.accumulate:
-            chosen = with_earlier(chosen, st.used)
-        res = train_iteration(self.cfg, model_path=st.path, failures=chosen, iteration=n, target=target,
-                              parent=st.checkpoint, publisher=self.publisher())
-        if res.checkpoints:
-            last = res.checkpoints[-1]
-            st.checkpoint, st.path, st.iteration = last.checkpoint, last.path, n
-            log.info("%s: iteration %d trained: %s", target, n, ", ".join(
-                f"{k.checkpoint} (loss {k.metrics.get('train_loss')})" for k in res.checkpoints))
-        self.results.append(res)
-        return res
+    def slice_of(self, st: TargetState) -> tuple[list[Battle], list[Verdict]]:
+        """The train battles the current checkpoint fought and their verdicts, from the SQL ledger."""
+        try:
+            store = LedgerStore(self.cfg.db.url, create=False)
+        except (FileNotFoundError, ValueError):
+            raise ConfigError(f"the dpo and rl stages read their slice's battles from the ledger, and "
+                              f"{self.cfg.db.url} has none: run `arena ledger` (db.url / ARENA_DB_URL)") from None
+        try:
+            comp = st.competitor
+            verdicts = [v for side in ("competitor_a", "competitor_b")
+                        for v in store.events("verdict", split="train", **{side: comp})]
+            battles = store.events("battle", id=sorted({v.battle_id for v in verdicts})) if verdicts else []
+        finally:
+            store.close()
+        return battles, verdicts
 
-    def close_now(self, target: str | None = None, iteration: int | None = None) -> IterationResult:
-        """Close the target's next round now with every failure on the topic that qualifies (`arena train
-        --iteration N`, the demo). InputError when there is nothing to train on."""
+    def close_round(self, target: str, iteration: int | None = None, force: bool = False) -> Round | None:
+        """Train the target's next round if its data is complete (or `force`); None when nothing ran."""
+        st = self.state(target)
+        n, stage = next_round(self.cfg, st)
+        if iteration is not None and iteration != n:
+            raise InputError(f"{target}: the next round is iteration {n} ({stage}); {st.checkpoint} is iteration "
+                             f"{st.iteration}{' ' + st.stage if st.stage else ''}")
+        threshold = self.cfg.threshold_for(n)
+        provenance = {"target_checkpoint": st.checkpoint, "threshold": threshold}
+        reward: list[dict] | None = None
+        selected = size = 0
+        counts: dict = {}
+        if stage == "sft":
+            chosen = self.ready(st)
+            if not chosen or (len(chosen) < self.cfg.trainer.batch_size and not force):
+                return None
+            selected = len(chosen)
+            if self.cfg.trainer.accumulate:
+                chosen = with_earlier(chosen, st.used)
+            rows = sft_rows(chosen, n)
+            provenance["failure_ids"] = sorted(f.id for f in chosen)
+        else:
+            battles, verdicts = self.slice_of(st)
+            size = len({b.instruction_id for b in battles})
+            if not size or (size < self.cfg.trainer.slice_size and not force):
+                return None
+            if stage == "dpo":
+                rows, counts = dpo_pairs(battles, verdicts, threshold, n)
+                provenance["pairs"] = counts
+            else:
+                rows = rl_prompts(battles, n, verdicts)
+                reward = reward_rows(verdicts, n, *texts_from_battles(battles))
+        if not st.path:  # checked once there is something to train: a service may run before it is configured
+            raise ConfigError(f"{target}: no model path: add it to [[competitors]] (name = {target!r}, model = DIR)")
+        log.info("%s: closing iteration %d, %s, on %s (%s; threshold %g)", target, n, stage, st.checkpoint,
+                 f"{selected} failures" if stage == "sft" else f"a slice of {size} instructions", threshold)
+        res = train_stage(self.cfg, stage=stage, model_path=st.path, iteration=n, target=target,
+                          parent=st.checkpoint, rows=rows, publisher=self.publisher(), reward_rows=reward,
+                          provenance=provenance)
+        st.iteration, st.stage = n, stage
+        if res.checkpoint is not None:
+            st.checkpoint, st.path = res.checkpoint.checkpoint, res.checkpoint.path
+            log.info("%s: iteration %d %s trained: %s (loss %s)", target, n, stage, res.checkpoint.checkpoint,
+                     res.checkpoint.metrics.get("train_loss"))
+        else:
+            log.warning("%s: iteration %d %s skipped: %s", target, n, stage, res.skipped)
+        rnd = Round(target, n, stage, res, selected=selected, used=len(rows) if res.checkpoint else 0, slice=size)
+        self.rounds.append(rnd)
+        return rnd
+
+    def close_now(self, target: str | None = None, iteration: int | None = None) -> Round:
+        """Close the target's next round now with what its data holds (`arena train --iteration N`, the demo).
+        InputError when there is nothing to train on."""
         self.refresh_checkpoints()
         self.restore_used()
         for f in read_failure_events(self.cfg):
@@ -185,34 +263,57 @@ class TrainerService(Service):
         if len(targets) != 1:
             raise InputError(f"say which target: --target NAME (known: {', '.join(targets) or 'none: no failures '}"
                              f"{'on the topic yet' if not targets else ''})")
-        res = self.close_round(targets[0], iteration=iteration, force=True)
+        rnd = self.close_round(targets[0], iteration=iteration, force=True)
         self.publisher().flush()
-        if res is None:
+        if rnd is None:
             st = self.state(targets[0])
-            raise InputError(f"{targets[0]}: no failures of {st.checkpoint} lost by >= "
-                             f"{self.cfg.threshold_for(st.iteration + 1):g} yet; nothing to train")
-        return res
+            n, stage = next_round(self.cfg, st)
+            what = (f"no failures of {st.checkpoint} lost by >= {self.cfg.threshold_for(n):g}" if stage == "sft"
+                    else f"no train battles of {st.competitor} in the ledger")
+            raise InputError(f"{targets[0]}: {what} yet; nothing to train for iteration {n} ({stage})")
+        return rnd
+
+    def tick(self) -> bool:
+        """Close every round whose data is complete (dpo and rl rounds wait on the ledger, not on failures).
+        A round that cannot start yet (no ledger, no model path) is logged and waits; the service goes on."""
+        closed = False
+        for target in list(self.targets):
+            try:
+                while self.close_round(target) is not None:
+                    closed = True
+            except ConfigError as exc:
+                log.warning("trainer: %s", exc)
+        return closed
 
     def handle(self, batch: Batch) -> None:
-        """A batch of failures: remember each, then close every full round (the loop commits after)."""
+        """A batch of failures: remember each, then close every complete round (the loop commits after)."""
         for item in batch.items:
             self.add(item.event)
-        for target in list(self.targets):
-            while self.close_round(target) is not None:
-                pass
+        self.tick()
 
     def poll_once(self) -> int:
         """Read a batch of failures, close every full round; offsets committed after that. Returns records read."""
         self.start()
         return self.loop.poll_once()
 
-    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> list[IterationResult]:
+    def run(self, stop_event: threading.Event | None = None, max_idle_s: float | None = None) -> list[Round]:
         try:
             self.start()
-            run_loops([self.loop], stop_event, max_idle_s)
-            return self.results
+            run_loops([self.loop], stop_event, max_idle_s, tick=self._tick_every(5.0))
+            return self.rounds
         finally:
             self.close()
+
+
+    def _tick_every(self, seconds: float):
+        last = [0.0]
+
+        def tick() -> bool:  # the ledger is read at most every `seconds`
+            if time.monotonic() - last[0] < seconds:
+                return False
+            last[0] = time.monotonic()
+            return self.tick()
+        return tick
 
 
 def _ledger_failures(cfg: Config, ids: set[str]) -> list[Failure]:

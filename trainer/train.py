@@ -1,13 +1,19 @@
-"""One flywheel iteration: the configured stages (sft -> dpo -> reward -> rl) with TRL, each from the
-previous stage's output, each saved as a checkpoint and announced with a Checkpoint event.
+"""One training round: one stage (sft, dpo or rl) with TRL on the rows of its own slice, from the target's
+newest checkpoint, saved as a checkpoint `it<N>-<stage>` and announced with a Checkpoint event
+(`train_stage`; trainer/service.py gathers each round's slice and calls it).
+
+- sft: SFTTrainer on the failures' conversations (the loss on the winners' answers, every turn).
+- dpo: DPOTrainer on chosen/rejected pairs; the reference is the stage's starting model.
+- rl: first a reward model (RewardTrainer, a scalar head on the starting weights) on the slice's judged
+  battles, saved as it<N>-rl-reward (a scoring model, not a policy: never announced to the pool), then
+  RLOO or GRPO (trainer.rl_algorithm; TRL has no PPOTrainer) against it, with a KL penalty
+  trainer.rl_beta to the stage's starting model. The mean reward and mean KL of TRL's logs are recorded.
 
 What a checkpoint directory holds (what the generation pool's `load(path)` expects, docs/models.md):
 - full fine-tuning (default): a complete model dir (config.json, weights, tokenizer with chat template);
 - `trainer.lora = true`: a PEFT adapter dir (adapter_config.json naming the ORIGINAL base model, plus the
   tokenizer). Every stage and iteration keeps training the same adapter, so each adapter applies to the
   pool's base model, which is how the transformers and vLLM backends apply adapters.
-The reward stage trains a sequence-classification model (not a policy): its checkpoint is saved under
-it<N>-reward and used by the rl stage, but it is not announced to the pool (it cannot answer prompts).
 """
 from __future__ import annotations
 
@@ -15,31 +21,32 @@ import logging
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arena_flywheel.config import Config, ConfigError
-from arena_flywheel.events import Checkpoint, Failure
+from arena_flywheel.errors import InputError
+from arena_flywheel.events import Checkpoint
 
-from .batches import dataset_hash, dpo_rows, reward_rows, rl_prompts, sft_rows, texts_from_battles
+from .batches import dataset_hash
 
 log = logging.getLogger(__name__)
 
+STAGES = ("sft", "dpo", "rl")
 MAX_LENGTH = 256            # tokens per training sequence: the flywheel's tasks are short; raise for real models
-MAX_COMPLETION_LENGTH = 32  # rl: tokens the policy writes per prompt
+MIN_ROWS = {"sft": 1, "dpo": 1, "rl": 1}  # examples (sft: conversations, dpo: pairs, rl: prompts)
 MIN_REWARD_PAIRS = 4        # fewer preference pairs cannot train a reward model worth optimising against
 
 
-class StageSkipped(Exception):
-    """A stage that cannot run honestly on the data it was given (the reason says why)."""
-
-
 @dataclass
-class IterationResult:
-    checkpoints: list[Checkpoint]
-    used: int
+class StageResult:
+    """What a round made: its checkpoint (None when skipped), its metrics (those of the Checkpoint event,
+    plus path and dataset_hash), and why it was skipped (None when it trained)."""
+    checkpoint: Checkpoint | None
     metrics: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
 
 
 def _cuda() -> bool:
@@ -84,9 +91,19 @@ def _base_of_adapter(path: str | Path) -> str:
     return json.loads((Path(path) / "adapter_config.json").read_text())["base_model_name_or_path"]
 
 
+def _seeded(cfg: Config) -> None:
+    """Seed before a model is built: a reward head or a LoRA adapter is initialised at random when it is
+    loaded, before the TRL trainer seeds, so the same data and seed give the same model."""
+    from transformers import set_seed
+
+    set_seed(cfg.trainer.seed)
+
+
 def _load_policy(cfg: Config, path: str):
     """The model to train: full weights, or (LoRA) the adapter made trainable on its base."""
     from transformers import AutoModelForCausalLM
+
+    _seeded(cfg)
 
     if _is_adapter(path):
         from peft import PeftModel
@@ -105,9 +122,24 @@ def _load_policy(cfg: Config, path: str):
 def _save(model, tok, out: Path) -> None:
     if out.exists():
         shutil.rmtree(out)
-    model.save_pretrained(out)
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and "default" in peft_config:
+        # only the trained adapter: TRL's dpo and rl trainers add a frozen copy named "ref" as the reference
+        model.save_pretrained(out, selected_adapters=["default"])
+    else:
+        model.save_pretrained(out)
     tok.save_pretrained(out)
     shutil.rmtree(out / "_trainer", ignore_errors=True)
+
+
+def _mean_logged(trainer, key: str) -> float | None:
+    vals = [h[key] for h in trainer.state.log_history if key in h and h[key] is not None and not math.isnan(h[key])]
+    return float(sum(vals) / len(vals)) if vals else None
+
+
+def _last_logged(trainer, key: str) -> float | None:
+    vals = [h[key] for h in trainer.state.log_history if key in h and h[key] is not None]
+    return float(vals[-1]) if vals else None
 
 
 def _train_loss(trainer, train_out) -> float | None:
@@ -150,8 +182,8 @@ def run_dpo(cfg, start: str, rows, out: Path, tok):
     from trl import DPOConfig, DPOTrainer
 
     args = _stage_args(DPOConfig, cfg, "dpo", out, len(rows), max_length=MAX_LENGTH, beta=0.1)
-    # reference = the stage's starting model (the paper's DPO starts from the SFT model); with LoRA
-    # TRL uses the policy with its adapter disabled.
+    # reference = the stage's starting model (the paper's DPO starts from the SFT model); with LoRA TRL uses
+    # the policy with its adapter disabled (a fresh adapter) or a frozen copy of a chained adapter ("ref").
     trainer = quiet(DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
                                 train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
@@ -159,15 +191,15 @@ def run_dpo(cfg, start: str, rows, out: Path, tok):
     return _train_loss(trainer, res)
 
 
-def run_reward(cfg, start: str, rows, out: Path, tok):
+def run_reward(cfg, start: str, rows, out: Path, tok) -> dict[str, Any]:
+    """A reward model (scalar head) on preference rows, saved to `out`; its loss and training accuracy.
+    Its TRL settings are the trainer section's, then trainer.stage_args.reward."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
-    if len(rows) < MIN_REWARD_PAIRS:
-        raise StageSkipped(f"only {len(rows)} preference pairs with a winner (need {MIN_REWARD_PAIRS}) "
-                           f"to train a reward model")
     base = _base_of_adapter(start) if _is_adapter(start) else start
+    _seeded(cfg)
     # The reward model starts from the current policy weights (with LoRA: the base) plus a scalar head,
     # the usual RLHF recipe (InstructGPT); its data are battle outcomes, as in the paper.
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
@@ -177,25 +209,27 @@ def run_reward(cfg, start: str, rows, out: Path, tok):
                                    train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
     _save(trainer.model, tok, out)
-    return _train_loss(trainer, res)
+    return {"reward_train_loss": _train_loss(trainer, res), "reward_train_accuracy": _mean_logged(trainer, "accuracy")}
 
 
-def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str | None):
+def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str) -> dict[str, Any]:
+    """RLOO or GRPO on the prompts against the reward model at `reward_path`, KL-penalised (beta =
+    trainer.rl_beta) to the stage's starting model: TRL builds the reference from `start` (with LoRA: the
+    adapter disabled, or a frozen copy of a chained adapter). Returns the loss, mean reward and mean KL."""
     from datasets import Dataset
     from transformers import AutoModelForSequenceClassification
 
-    if not reward_path:
-        raise StageSkipped("no reward model: the rl stage needs the reward stage before it in trainer.stages "
-                           "(and enough verdicts with a winner to train it)")
-    if cfg.trainer.rl_algorithm == "grpo":
+    t = cfg.trainer
+    if t.rl_algorithm == "grpo":
         from trl import GRPOConfig as RLConfig, GRPOTrainer as RLTrainer
     else:
         from trl import RLOOConfig as RLConfig, RLOOTrainer as RLTrainer
 
-    n_gen = 2  # smallest group that gives a leave-one-out / group baseline
-    per_dev = max(n_gen, (min(cfg.trainer.per_device_batch_size, max(1, len(rows))) // n_gen) * n_gen)
+    n_gen = t.rl_num_generations
+    # per-device batch counts completions: a whole number of groups of n_gen
+    per_dev = max(n_gen, (min(t.per_device_batch_size, max(1, len(rows) * n_gen)) // n_gen) * n_gen)
     args = _stage_args(RLConfig, cfg, "rl", out, len(rows), per_device_train_batch_size=per_dev,
-                       num_generations=n_gen, max_completion_length=MAX_COMPLETION_LENGTH, beta=0.0)
+                       num_generations=n_gen, max_completion_length=t.rl_max_completion_length, beta=t.rl_beta)
     reward_model = AutoModelForSequenceClassification.from_pretrained(reward_path, num_labels=1)
     reward_model.config.pad_token_id = tok.pad_token_id
     trainer = quiet(RLTrainer(model=_load_policy(cfg, start), reward_funcs=reward_model, args=args,
@@ -203,9 +237,10 @@ def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str | None):
                                train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",)))))
     res = trainer.train()
     _save(trainer.model, tok, out)
-    # RLOO/GRPO losses hover near 0 by construction (advantages are centred): the reward says more
-    rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
-    return _train_loss(trainer, res), (sum(rewards) / len(rewards) if rewards else None)
+    # RLOO/GRPO losses hover near 0 by construction (advantages are centred): the reward and KL say more
+    return {"train_loss": _train_loss(trainer, res), "mean_reward": _mean_logged(trainer, "reward"),
+            "mean_kl": _mean_logged(trainer, "kl"), "last_kl": _last_logged(trainer, "kl"), "beta": args.beta,
+            "rl_steps": trainer.state.global_step}
 
 
 def _trl_columns(rows, keep) -> list[dict]:
@@ -213,21 +248,11 @@ def _trl_columns(rows, keep) -> list[dict]:
     return [{k: r[k] for k in keep} for r in rows]
 
 
-# ---------------------------------------------------------------------- the iteration
-def train_iteration(cfg: Config, *, model_path: str, failures: list[Failure], iteration: int, target: str,
-                    parent: str = "base", verdicts=None, publisher=None, battles=None) -> IterationResult:
-    """Run cfg.trainer.stages on `failures`, starting from `model_path`. Returns the policy checkpoints
-    (one per policy stage, announced through `publisher` as soon as each is saved) and per-stage metrics.
-
-    `verdicts` (+ `battles` with the answer texts) feed the reward stage: pairs from every battle with a
-    winner. Without battles the reward model learns from the failures' own pairs (winner vs target).
-    """
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+def load_tokenizer(model_path: str):
+    """The tokenizer of a checkpoint (a LoRA adapter saved without one: its base model's), with a pad token;
+    ValueError when it has no chat template (the rows are conversations)."""
     from transformers import AutoTokenizer
 
-    stages = list(cfg.trainer.stages)
-    root = Path(cfg.trainer.output_dir) / target
-    root.mkdir(parents=True, exist_ok=True)
     tok_path = _base_of_adapter(model_path) if _is_adapter(model_path) and not (
         Path(model_path) / "tokenizer_config.json").is_file() else model_path
     tok = AutoTokenizer.from_pretrained(tok_path)
@@ -235,64 +260,87 @@ def train_iteration(cfg: Config, *, model_path: str, failures: list[Failure], it
         tok.pad_token = tok.eos_token
     if not tok.chat_template:
         raise ValueError(f"{tok_path}: the tokenizer has no chat template; the trainer formats conversations with it")
+    return tok
 
-    data = {"sft": sft_rows(failures, iteration), "dpo": dpo_rows(failures, iteration),
-            "rl": rl_prompts(failures, iteration)}
-    if "reward" in stages:
-        rw = []
-        if verdicts is not None and battles is not None:
-            msgs, ans = texts_from_battles(battles)
-            rw = reward_rows(verdicts, iteration, msgs, ans)
-        data["reward"] = rw or dpo_rows(failures, iteration)
 
-    current, current_name = model_path, parent
-    reward_path: str | None = None
-    checkpoints: list[Checkpoint] = []
-    metrics: dict[str, Any] = {"stages": {}}
-    for stage in stages:
-        rows = data[stage]
-        name = f"it{iteration}-{stage}"
-        out = root / name
-        info: dict[str, Any] = {"examples": len(rows), "failures_used": len(failures)}
-        if not rows:
-            info["skipped"] = f"no {stage} examples in {len(failures)} failures"
-            log.warning("iteration %d: %s stage skipped: %s", iteration, stage, info["skipped"])
-            metrics["stages"][stage] = info
-            continue
-        try:
-            if stage == "sft":
-                loss = run_sft(cfg, current, rows, out, tok)
-            elif stage == "dpo":
-                loss = run_dpo(cfg, current, rows, out, tok)
-            elif stage == "reward":
-                loss = run_reward(cfg, current, rows, out, tok)
-            else:
-                loss, info["mean_reward"] = run_rl(cfg, current, rows, out, tok, reward_path)
-        except StageSkipped as exc:
-            info["skipped"] = str(exc)
-            log.warning("iteration %d: %s stage skipped: %s", iteration, stage, exc)
-            metrics["stages"][stage] = info
-            continue
-        info["train_loss"] = loss
-        info["path"] = str(out.resolve())
-        info["dataset_hash"] = dataset_hash(rows)
-        metrics["stages"][stage] = info
-        if stage == "reward":
-            reward_path = str(out.resolve())
-            continue  # a scoring model, not a policy: the pools cannot serve it
-        ev = Checkpoint(model=target, checkpoint=name, path=str(out.resolve()), iteration=iteration, stage=stage,
-                        parent=current_name, dataset_hash=info["dataset_hash"],
-                        metrics={"train_loss": loss, "failures_used": len(failures), "examples": len(rows),
-                                 # what trained it, so a restarted service can rebuild trainer.accumulate
-                                 "failure_ids": sorted(f.id for f in failures),
-                                 "algorithm": cfg.trainer.rl_algorithm if stage == "rl" else stage,
-                                 "lora": cfg.trainer.lora,
-                                 **({"mean_reward": info.get("mean_reward")} if stage == "rl" else {})})
-        checkpoints.append(ev)
-        if publisher is not None:
-            publisher.send(ev)
-            publisher.flush()
-        current, current_name = str(out.resolve()), name
-    last = checkpoints[-1].metrics if checkpoints else {}
-    metrics.update(train_loss=last.get("train_loss"), failures_used=len(failures))
-    return IterationResult(checkpoints=checkpoints, used=len(failures) if checkpoints else 0, metrics=metrics)
+def _too_few(stage: str, rows: list, reward_rows: list | None) -> str | None:
+    what = {"sft": "failures with a winning answer", "dpo": "chosen/rejected pairs", "rl": "prompts"}[stage]
+    if len(rows) < MIN_ROWS[stage]:
+        return f"only {len(rows)} {what} in the slice (need {MIN_ROWS[stage]})"
+    if stage == "rl" and len(reward_rows or []) < MIN_REWARD_PAIRS:
+        return (f"only {len(reward_rows or [])} judged battles with a winner in the slice (need {MIN_REWARD_PAIRS}) "
+                f"to train the reward model")
+    return None
+
+
+def _stage_counts(stage: str, rows: list[dict]) -> dict[str, Any]:
+    """What a stage's data held, for the Checkpoint's metrics."""
+    if stage == "sft":
+        ids = sorted({r["failure_id"] for r in rows if r.get("failure_id")})
+        # failure_ids: what trained it, so a restarted service can rebuild trainer.accumulate
+        return {"turns": len(completion_rows(rows)), "failures_used": len(ids), "failure_ids": ids}
+    if stage == "dpo":
+        chosen: dict[str, int] = {}
+        rejected: dict[str, int] = {}
+        for r in rows:
+            chosen[r["chosen_model"]] = chosen.get(r["chosen_model"], 0) + 1
+            rejected[r["rejected_model"]] = rejected.get(r["rejected_model"], 0) + 1
+        gaps = [r["gap"] for r in rows if r.get("gap") is not None]
+        return {"pairs": {"chosen": dict(sorted(chosen.items())), "rejected": dict(sorted(rejected.items()))},
+                "mean_gap": sum(gaps) / len(gaps) if gaps else None}
+    return {"prompts": len(rows)}
+
+
+# ---------------------------------------------------------------------- one round
+def train_stage(cfg: Config, *, stage: str, model_path: str, iteration: int, target: str, parent: str = "base",
+                rows: list[dict[str, Any]], publisher=None, reward_rows: list[dict[str, Any]] | None = None,
+                provenance: dict[str, Any] | None = None) -> StageResult:
+    """Train one stage from `model_path` on `rows` and save it as `<trainer.output_dir>/<target>/it<N>-<stage>`.
+
+    rows: sft -> `batches.sft_rows`, dpo -> `batches.dpo_pairs` (its rows), rl -> `batches.rl_prompts`, with
+    `reward_rows` (`batches.reward_rows` of the slice's judged battles) for the rl stage's reward model.
+    The Checkpoint event (parent = `parent`) goes through `publisher` (sent and flushed) when one is given;
+    its metrics hold train_loss, examples, the stage's data counts (sft: failure_ids, dpo: chosen/rejected
+    per model, rl: mean_reward, mean_kl, the reward model's path), then `provenance` (which wins).
+    Too few rows: nothing is trained, the result has `skipped` (the reason) and no checkpoint.
+    """
+    if stage not in STAGES:
+        raise InputError(f"unknown trainer stage {stage!r}; the stages are {', '.join(STAGES)}")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    rows = list(rows)
+    name = f"it{iteration}-{stage}"
+    reason = _too_few(stage, rows, reward_rows)
+    if reason:
+        log.warning("%s iteration %d: %s stage skipped: %s", target, iteration, stage, reason)
+        return StageResult(None, {"stage": stage, "examples": len(rows), "skipped": reason,
+                                  **({"reward_pairs": len(reward_rows or [])} if stage == "rl" else {})}, reason)
+    tok = load_tokenizer(model_path)
+    root = Path(cfg.trainer.output_dir) / target
+    root.mkdir(parents=True, exist_ok=True)
+    out = root / name
+    metrics: dict[str, Any] = {"examples": len(rows), **_stage_counts(stage, rows)}
+    hashed = rows
+    started = time.perf_counter()
+    if stage == "sft":
+        metrics["train_loss"] = run_sft(cfg, model_path, rows, out, tok)
+    elif stage == "dpo":
+        metrics["train_loss"] = run_dpo(cfg, model_path, rows, out, tok)
+    else:
+        reward_out = root / f"{name}-reward"
+        metrics.update(run_reward(cfg, model_path, reward_rows, reward_out, tok), reward_pairs=len(reward_rows),
+                       reward_model=str(reward_out.resolve()))
+        metrics["reward_s"] = round(time.perf_counter() - started, 3)
+        metrics.update(run_rl(cfg, model_path, rows, out, tok, str(reward_out.resolve())))
+        hashed = rows + list(reward_rows)
+    metrics.update(algorithm=cfg.trainer.rl_algorithm if stage == "rl" else stage, lora=cfg.trainer.lora,
+                   train_s=round(time.perf_counter() - started, 3))
+    metrics.update(provenance or {})
+    path = str(out.resolve())
+    ev = Checkpoint(model=target, checkpoint=name, path=path, iteration=iteration, stage=stage, parent=parent,
+                    dataset_hash=dataset_hash(hashed), metrics=metrics)
+    if publisher is not None:
+        publisher.send(ev)
+        publisher.flush()
+    log.info("%s: %s trained from %s in %.1f s (loss %s)", target, name, parent, metrics["train_s"],
+             metrics.get("train_loss"))
+    return StageResult(ev, {**metrics, "path": path, "dataset_hash": ev.dataset_hash})

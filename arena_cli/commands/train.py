@@ -12,8 +12,8 @@ from trainer.service import TrainerService, group_id
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--iteration", type=int, metavar="N", help="close iteration N now with the failures that "
-                   "qualify, train it and exit (default: run the service in the foreground)")
+    p.add_argument("--iteration", type=int, metavar="N", help="close the next round of iteration N now (its next "
+                   "stage, on whatever its slice holds), train it and exit (default: run the service)")
     p.add_argument("--target", help="the target model (default: the only one in arena.targets / failures)")
     p.add_argument("--max-idle", type=float, default=None, metavar="S", help="stop after S seconds without failures")
 
@@ -25,12 +25,15 @@ def run(args, cfg: Config) -> int:
             raise UsageError("--iteration must be at least 1, e.g. --iteration 1")
         svc = TrainerService(cfg)
         try:
-            res = svc.close_now(args.target, iteration=args.iteration)
+            rnd = svc.close_now(args.target, iteration=args.iteration)
         finally:
             svc.close()
-        for ck in res.checkpoints:
+        ck = rnd.checkpoint
+        if ck is None:
+            print(f"{rnd.target} iteration {rnd.iteration} {rnd.stage}: skipped ({rnd.result.skipped})")
+        else:
             print(f"{ck.model}@{ck.checkpoint} {ck.path} train_loss={ck.metrics.get('train_loss')} "
-                  f"failures_used={ck.metrics.get('failures_used')}")
+                  f"examples={rnd.used}")
         return 0
     # a closed round is the foreground command's output: show it without -v
     svc_log = logging.getLogger(TrainerService.__module__)
@@ -41,11 +44,11 @@ def run(args, cfg: Config) -> int:
     print(f"trainer on {cfg.kafka.bootstrap_servers}: group {group_id(cfg)}, rounds of {cfg.trainer.batch_size}, "
           f"stages {' -> '.join(cfg.trainer.stages)}", flush=True)
     try:
-        results = TrainerService(cfg).run(stop, max_idle_s=args.max_idle)
+        rounds = TrainerService(cfg).run(stop, max_idle_s=args.max_idle)
     except KeyboardInterrupt:
-        results = []
+        rounds = []
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-    print(f"trained {len(results)} iteration(s)")
+    print(f"trained {sum(r.checkpoint is not None for r in rounds)} round(s)")
     return 0

@@ -2,7 +2,8 @@
 
 Each battle is played in the orders of the games protocol (consumers/judging/protocol.py: both orders by
 default). All games of a polled batch go to the backend in one generate() call, so a batched backend judges at its batch size. Output that does not
-parse is asked again (up to judge.max_parse_retries, with a new seed), then kept as an `invalid` game
+parse is asked again (up to judge.max_parse_retries, sampled with a new seed: under greedy decoding a retry
+at temperature 0 would repeat the same text), then kept as an `invalid` game
 with its raw text: never a silent tie.
 """
 from __future__ import annotations
@@ -40,16 +41,27 @@ class Answer:
     error: str | None = None  # the backend's error on the last attempt
 
 
+RETRY_TEMPERATURE = 0.7  # retries of unparseable text under greedy decoding sample at this temperature
+
+
+def retry_temperature(temperature: float, attempt: int) -> float:
+    """The temperature of an attempt: the configured one first; a retry samples (the configured temperature
+    when it is > 0, else RETRY_TEMPERATURE), since greedy decoding would repeat the same unparseable text."""
+    return temperature if attempt == 1 or temperature > 0 else RETRY_TEMPERATURE
+
+
 def ask(backend: Backend, prompts: dict[Hashable, str], parse: Callable[[str], Any], *, retries: int,
         max_new_tokens: int, temperature: float, request_id: Callable[[Hashable], str] = str) -> dict:
     """Send every prompt (one user turn) to the backend, all pending ones in one generate() call per
-    attempt. Text that does not parse is asked again with a new seed, up to `retries` more times; a
-    backend error that cannot be retried stops at once. Returns {key: Answer}."""
+    attempt. Text that does not parse is asked again, up to `retries` more times, with sampling and a new
+    seed per attempt (seed = attempt; temperature from `retry_temperature`: a greedy retry would repeat the
+    same text); a backend error that cannot be retried stops at once. Returns {key: Answer}."""
     out: dict[Hashable, Answer] = {}
     pending, last_attempt = list(prompts), retries + 1
     for attempt in range(1, last_attempt + 1):
+        temp = retry_temperature(temperature, attempt)
         reqs = [GenerationRequest(messages=[{"role": "user", "content": prompts[k]}], max_new_tokens=max_new_tokens,
-                                  temperature=temperature, seed=attempt, request_id=request_id(k)) for k in pending]
+                                  temperature=temp, seed=attempt, request_id=request_id(k)) for k in pending]
         again = []
         for k, c in zip(pending, backend.generate(reqs)):
             value = None if c.error else parse(c.text)

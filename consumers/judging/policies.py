@@ -6,9 +6,14 @@ and averaging cancels it. With `judge.games = 1` the policies read the one game 
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 from arena_flywheel.events import Game
 
 Outcome = tuple[str, float | None, float | None, float]
+Policy = Callable[[list[Game], float], Outcome]
+COMBINE = ("mean", "sum")
 
 
 _PREF_POINTS = {"A>>B": 3, "A>B": 1, "A=B": 0, "B>A": -1, "B>>A": -3}
@@ -55,12 +60,20 @@ def _valid(games: list[Game]) -> list[Game] | None:
     return games
 
 
-def score_sum(games: list[Game], tie_margin: float = 0.0) -> Outcome:
-    """WizardArena: average each answer's 1-10 score over the games; tie when |diff| < tie_margin or equal."""
+def score_sum(games: list[Game], tie_margin: float = 0.0, combine: str = "mean") -> Outcome:
+    """WizardArena: each answer's score over the games, combined by `combine` (judge.combine):
+    "mean" (default): the mean of the games' scores, on one game's 1-10 scale;
+    "sum": their sum, on a 2-20 scale with two games (1-10 with judge.games = 1).
+    score_a, score_b and the margin |a - b| are on that scale, and so is `tie_margin`: a tie when the
+    scores are equal or |a - b| < tie_margin."""
+    if combine not in COMBINE:
+        raise ValueError(f"judge.combine {combine!r}: use one of {', '.join(COMBINE)}")
     if not _counted(games) or not all(_has_scores(g) for g in games):
         return "invalid", None, None, 0.0
-    a = sum(g.score_a for g in games) / len(games)
-    b = sum(g.score_b for g in games) / len(games)
+    a = sum(g.score_a for g in games)
+    b = sum(g.score_b for g in games)
+    if combine == "mean":
+        a, b = a / len(games), b / len(games)
     diff = a - b
     if diff == 0 or abs(diff) < tie_margin:
         return "tie", a, b, abs(diff)
@@ -112,3 +125,12 @@ def arena_hard(games: list[Game], tie_margin: float = 0.0) -> Outcome:
 
 
 POLICIES["arena-hard"] = arena_hard
+
+
+def policy_for(jc) -> Policy:
+    """The configured policy of a judge section (`cfg.judge`) as `policy(games, tie_margin)`: score-sum
+    with judge.combine bound (mean or sum), the others as they are. KeyError for an unknown policy."""
+    policy = POLICIES[jc.policy]
+    if policy is score_sum:
+        return partial(score_sum, combine=getattr(jc, "combine", "mean"))
+    return policy
