@@ -1,13 +1,28 @@
-"""How well a benchmark leaderboard agrees with a human arena leaderboard.
+"""How well a benchmark leaderboard agrees with a human arena leaderboard, with arena-hard-auto's definitions.
 
-Metrics follow arena-hard-auto (arXiv 2406.11939): a pair of models is "separable" when their 95% confidence
-intervals do not overlap. Agreement with confidence scores each benchmark-separable pair +1 when the reference
-also separates it in the same order, -1 when the reference separates it in the opposite order, 0 when the
-reference cannot separate it, averaged over benchmark-separable pairs. Strict agreement counts only the +1s.
-Brier score and log-loss grade the benchmark's probability that model i beats model j (share of bootstrap
-samples where it does, or the Elo-scale logistic of the score gap when no samples are given) against the
-reference order. The Arena Learning paper's "consistency" is reported here as agreement with confidence in
-percent (the paper does not spell its formula out; this is the arena-hard-auto number it cites).
+The definitions are those of the notebook arena-hard-auto used for the table in its paper (arXiv 2406.11939,
+notebook/benchmark_statistics.ipynb), over the pairs of models the name map pairs (docs/testset.md):
+
+- An interval is a board's 95% confidence interval: its `lower`/`upper` (`rating_q025`/`rating_q975`), or
+  the 2.5th/97.5th percentiles of its bootstrap `results` when it gives samples but no bounds, or the point
+  score when it gives neither. A board SEPARATES a pair when the two intervals do not overlap: one model's
+  lower bound is at or above the other's upper bound (intervals that only touch are separated, as in the
+  notebook; two identical point intervals are a tie, not separated).
+- separability: share of all pairs the benchmark separates.
+- agreement_with_confidence: over the pairs the REFERENCE separates, 1 when the benchmark separates them in
+  the same order, 0.5 when the benchmark's intervals overlap, 0 when it separates them in the opposite
+  order; the mean (None when the reference separates no pair).
+- strict_agreement: share of all pairs whose point scores are in the same strict order on both boards.
+- spearman (and the extra kendall_tau): rank correlation of the point scores (None when undefined).
+- brier: mean over all pairs of (P - y)^2 with P = Phi((mu_a - mu_b) / sqrt(var_a + var_b)), the normal
+  approximation of the two models' bootstrap distributions (mean and population variance of `results`;
+  without samples, mu = score and sigma = (upper - lower) / (2 * 1.96)), and y = 1 when the reference
+  rates a above b, 0 below, 0.5 on a tie. Extras: log_loss (same P and y) and brier_reference_separable
+  (the Brier score over the pairs the reference separates only).
+
+The Arena Learning paper (arXiv 2407.10627) Table 2 reports Spearman, "human agreement with 95% CI"
+(= agreement_with_confidence) and "differentiation with 95% CI" (= separability); its "average consistency"
+reads as their mean. They are reported again under `arena_learning_*` keys, labelled as the paper labels them.
 """
 from __future__ import annotations
 
@@ -16,6 +31,7 @@ import math
 import warnings
 from pathlib import Path
 
+import numpy as np
 from scipy import stats
 
 from .errors import InputError
@@ -64,6 +80,8 @@ def _number(value, what: str, where: str) -> float:
 
 def load_board(path: Path, score_keys=("score", "rating"), limits=None) -> dict[str, dict]:
     """model -> {score, lower, upper, samples}; accepts arena-hard, LMSYS and `arena leaderboard` shapes.
+    lower/upper: the row's (`lower`/`upper` or `rating_q025`/`rating_q975`), else the 2.5th/97.5th
+    percentiles of its bootstrap `results`, else the score.
     A malformed file or row (not a number, bad JSON or UTF-8, too deep, a huge integer) is one InputError
     naming its location."""
     lim = limits_of(limits)
@@ -87,27 +105,75 @@ def load_board(path: Path, score_keys=("score", "rating"), limits=None) -> dict[
                 raise InputError(f"{where}: results: {exc}") from None
         if samples is not None and not isinstance(samples, list):
             raise InputError(f"{where}: results must be a list of numbers, not {type(samples).__name__}")
-        board[model] = {
-            "score": score,
-            "lower": _number(lower, "lower", where) if lower not in (None, "") else score,
-            "upper": _number(upper, "upper", where) if upper not in (None, "") else score,
-            "samples": [_number(s, "results", where) for s in samples] if samples else None,
-        }
+        samples = [_number(s, "results", where) for s in samples] if samples else None
+        # a bound the row does not give: the bootstrap percentile, else the point score
+        lo, hi = (float(v) for v in np.percentile(samples, [2.5, 97.5])) if samples else (score, score)
+        lower = _number(lower, "lower", where) if lower not in (None, "") else lo
+        upper = _number(upper, "upper", where) if upper not in (None, "") else hi
+        if lower > upper:
+            raise InputError(f"{where}: lower {lower:g} is above upper {upper:g}")
+        board[model] = {"score": score, "lower": lower, "upper": upper, "samples": samples}
     return board
 
 
-def _separable(a: dict, b: dict) -> bool:
-    return a["lower"] > b["upper"] or b["lower"] > a["upper"]
+Z95 = 1.959963984540054  # Phi^-1(0.975): a 95% interval is mu +- Z95 * sigma
+_EPS = float(np.finfo(np.float64).eps)  # log-loss clipping, as sklearn's log_loss(eps="auto") on float64
+
+ARENA_HARD_KEYS = ("separability", "agreement_with_confidence", "strict_agreement", "spearman", "brier")
+EXTRA_KEYS = ("kendall_tau", "log_loss", "brier_reference_separable")
+ARENA_LEARNING_KEYS = ("arena_learning_spearman", "arena_learning_human_agreement_95ci",
+                       "arena_learning_differentiation_95ci", "arena_learning_average_consistency")
+GROUPS = {  # how `arena consistency` groups the keys of compute() in its table
+    "pairs": ("models", "pairs", "reference_separable_pairs"),
+    "arena-hard-auto (arXiv 2406.11939)": ARENA_HARD_KEYS,
+    "Arena Learning Table 2 (arXiv 2407.10627): their mean is the average consistency": ARENA_LEARNING_KEYS,
+    "extras": EXTRA_KEYS,
+}
 
 
-def _prob_first_wins(a: dict, b: dict) -> float:
-    if a["samples"] and b["samples"] and len(a["samples"]) == len(b["samples"]):
-        wins = sum((x > y) + 0.5 * (x == y) for x, y in zip(a["samples"], b["samples"]))
-        return wins / len(a["samples"])
-    return 1.0 / (1.0 + 10 ** ((b["score"] - a["score"]) / 400.0))
+def separation(a: dict, b: dict) -> int:
+    """+1 when a's 95% interval lies above b's, -1 when below, 0 when they overlap. Intervals that only
+    touch are separated (arena-hard-auto's notebook); identical intervals (a tie of two points) are not."""
+    if (a["lower"], a["upper"]) == (b["lower"], b["upper"]):
+        return 0
+    if a["lower"] >= b["upper"]:
+        return 1
+    if b["lower"] >= a["upper"]:
+        return -1
+    return 0
+
+
+def _normal(e: dict) -> tuple[float, float]:
+    """(mean, variance) of a model's score: its bootstrap samples (population variance, as np.var), or
+    the point score with sigma read off its 95% interval."""
+    if e.get("samples"):
+        return float(np.mean(e["samples"])), float(np.var(e["samples"]))
+    return e["score"], ((e["upper"] - e["lower"]) / (2 * Z95)) ** 2
+
+
+def prob_above(a: dict, b: dict) -> float:
+    """P(a ranks above b) = Phi((mu_a - mu_b) / sqrt(var_a + var_b)); a step when both variances are 0."""
+    (ma, va), (mb, vb) = _normal(a), _normal(b)
+    d, s = ma - mb, math.sqrt(va + vb)
+    if s == 0:
+        return 1.0 if d > 0 else 0.0 if d < 0 else 0.5
+    return 0.5 * math.erfc(-d / (s * math.sqrt(2)))
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return sum(xs) / len(xs) if xs else None
 
 
 def compute(bench: dict, ref: dict, name_map: dict[str, str]) -> dict:
+    """The metrics of the module docstring for the models `name_map` pairs ({benchmark name: reference
+    name}); a name missing from either board, or fewer than two models, is one InputError."""
+    bad = next((k for k, v in name_map.items() if not isinstance(k, str) or not isinstance(v, str)), None)
+    if bad is not None:
+        raise InputError(f"name map entry {_short(bad)}: {_short(name_map[bad])} must map a name to a name")
     missing_b = [m for m in name_map if m not in bench]
     missing_r = [r for r in name_map.values() if r not in ref]
     if missing_b or missing_r:
@@ -120,39 +186,47 @@ def compute(bench: dict, ref: dict, name_map: dict[str, str]) -> dict:
     models = list(name_map)
     if len(models) < 2:
         raise InputError("name map must pair at least two models")
-    sep = agree = strict = 0
-    brier = logloss = 0.0
     pairs = list(itertools.combinations(models, 2))
-    eps = 1e-6
+    bench_sep = strict = 0
+    agreement, brier, brier_ref_sep, logloss = [], [], [], []
     for i, j in pairs:
         bi, bj, ri, rj = bench[i], bench[j], ref[name_map[i]], ref[name_map[j]]
-        y = 1.0 if ri["score"] > rj["score"] else 0.0 if ri["score"] < rj["score"] else 0.5
-        p = _prob_first_wins(bi, bj)
-        brier += (p - y) ** 2
-        pc = min(max(p, eps), 1 - eps)
-        logloss += -(y * math.log(pc) + (1 - y) * math.log(1 - pc))
-        if _separable(bi, bj):
-            sep += 1
-            if _separable(ri, rj):
-                same = (bi["score"] > bj["score"]) == (ri["score"] > rj["score"])
-                agree += 1 if same else -1
-                strict += 1 if same else 0
+        s, r = separation(bi, bj), separation(ri, rj)
+        bench_sep += s != 0
+        order = _sign(ri["score"] - rj["score"])
+        strict += order != 0 and _sign(bi["score"] - bj["score"]) == order
+        if r:
+            agreement.append(1.0 if s == r else 0.5 if s == 0 else 0.0)
+        p, y = prob_above(bi, bj), (order + 1) / 2  # y: 1 when the reference rates i above j, 0.5 on a tie
+        brier.append((p - y) ** 2)
+        if r:
+            brier_ref_sep.append((p - y) ** 2)
+        pc = min(max(p, _EPS), 1 - _EPS)
+        logloss.append(-(y * math.log(pc) + (1 - y) * math.log(1 - pc)))
     bs = [bench[m]["score"] for m in models]
     rs = [ref[name_map[m]]["score"] for m in models]
-    n = len(pairs)
-    agreement = agree / sep if sep else 0.0
     with warnings.catch_warnings():  # constant scores (all tied) make correlations undefined -> None
         warnings.simplefilter("ignore")
         rho, tau = stats.spearmanr(bs, rs).statistic, stats.kendalltau(bs, rs).statistic
+    rho = None if math.isnan(rho) else float(rho)
+    tau = None if math.isnan(tau) else float(tau)
+    n = len(pairs)
+    separability, awc = bench_sep / n, _mean(agreement)
+    triple = (rho, awc, separability)
     return {
         "models": len(models),
         "pairs": n,
-        "separability": sep / n,
-        "agreement_with_confidence": agreement,
-        "strict_agreement": strict / sep if sep else 0.0,
-        "spearman": None if math.isnan(rho) else float(rho),
-        "kendall_tau": None if math.isnan(tau) else float(tau),
-        "brier": brier / n,
-        "log_loss": logloss / n,
-        "consistency_percent": 100.0 * agreement,
+        "reference_separable_pairs": len(agreement),
+        "separability": separability,
+        "agreement_with_confidence": awc,
+        "strict_agreement": strict / n,
+        "spearman": rho,
+        "brier": _mean(brier),
+        "kendall_tau": tau,
+        "log_loss": _mean(logloss),
+        "brier_reference_separable": _mean(brier_ref_sep),
+        "arena_learning_spearman": rho,
+        "arena_learning_human_agreement_95ci": awc,
+        "arena_learning_differentiation_95ci": separability,
+        "arena_learning_average_consistency": None if None in triple else sum(triple) / 3,
     }

@@ -3,12 +3,14 @@
 Bradley-Terry in FastChat's parametrisation: P(a beats b) = 1 / (1 + base ** ((R_b - R_a) / scale)),
 ties count half a win to each side, ratings are centred on `init` (or shifted so `anchor` has
 `anchor_rating`). The likelihood depends on the data only through the n x n matrices of wins and ties,
-so every fit (and every bootstrap refit) works on those matrices, never on the battle rows. See
+so every fit (and every bootstrap refit) works on those matrices, never on the battle rows. The fit is
+the exact (unpenalised) maximum likelihood wherever it exists (`mle_exists`: the "beat or tied" graph is
+strongly connected), and L2-penalised only where it does not (`why_regularised` names the models). See
 docs/ratings.md for the maths, the confidence intervals and measured speed.
 
 `BradleyTerry` (built once, e.g. `BradleyTerry.from_config(cfg.ratings)`) fits, bootstraps and makes the
-leaderboard; `StyleControlledBT` is its style-controlled sibling; `PairCounts` holds the data and
-`OnlineElo` is FastChat's sequential Elo.
+leaderboard (a `Leaderboard`: the rows plus `regularised` / `note`); `StyleControlledBT` is its
+style-controlled sibling; `PairCounts` holds the data and `OnlineElo` is FastChat's sequential Elo.
 """
 from __future__ import annotations
 
@@ -38,9 +40,10 @@ _log = logging.getLogger(__name__)
 # Winners that change ratings; "invalid" (and anything else) is ignored.
 A_WINS, B_WINS = "model_a", "model_b"
 TIES = ("tie", "tie (bothbad)")
-# L2 penalty on the natural-log strengths, (L2 / 2) * sum(theta^2), i.e. a N(0, 10^2) prior (sd 1,737 Elo):
-# keeps undefeated/winless models finite and the system identifiable. Its bias shrinks with the data:
-# 0.04 Elo at ~240 battles per model, 0.002 Elo at 20,000 (docs/ratings.md).
+# L2 penalty on the natural-log strengths, (L2 / 2) * sum(theta^2), i.e. a N(0, 10^2) prior (sd 1,737 Elo),
+# used only where the unpenalised maximum does not exist (an undefeated or winless model, more generally a
+# comparison graph that is not strongly connected): it keeps those ratings finite. Where the maximum exists
+# the fit is the exact (unpenalised) maximum likelihood, FastChat's / LMSYS's numbers (docs/ratings.md).
 L2 = 1e-2
 
 
@@ -173,14 +176,22 @@ class PairCounts:
 
 # ------------------------------------------------------------------------------------------ fitting
 
-def _newton(S: np.ndarray, N: np.ndarray, theta: np.ndarray, l2: float = L2, tol: float = 1e-10,
+def _newton(S: np.ndarray, N: np.ndarray, theta: np.ndarray, l2: float | np.ndarray = L2, tol: float = 1e-10,
             max_iter: int = 100) -> np.ndarray:
     """Maximise sum_ij S_ij log sigmoid(t_i - t_j) - l2/2 |t|^2 for a batch (R, n, n) of score matrices
-    S (wins + ties/2) and game matrices N (symmetric). Newton with the exact Hessian (a weighted
-    Laplacian + l2 I, positive definite); steps are capped so a cold start on lopsided data cannot
-    overshoot. Converges in a handful of iterations; a warm start from the last solution in 1-3."""
+    S (wins + ties/2) and game matrices N (symmetric); `l2` is one value or one per replicate (R,). Newton
+    with the exact Hessian (a weighted Laplacian + l2 I, positive definite); steps are capped so a cold
+    start on lopsided data cannot overshoot. Converges in a handful of iterations; a warm start from the
+    last solution in 1-3. With l2 = 0 (only where the maximum exists: a strongly connected comparison
+    graph) the Laplacian is singular along the constant vector, the one direction the likelihood does not
+    see: 11^T / n is added to it, which leaves the steps orthogonal to 1 (the gradient is) and so the
+    mean of the strengths where it started."""
     R, n = theta.shape
     eye = np.eye(n)
+    l2 = np.broadcast_to(np.asarray(l2, dtype=float), (R,))
+    free = l2 == 0
+    l2 = l2[:, None]
+    ones = np.where(free, 1.0 / n, 0.0)[:, None, None] if free.any() else None
     for _ in range(max_iter):
         D = theta[:, :, None] - theta[:, None, :]
         P = 1.0 / (1.0 + np.exp(-D))
@@ -188,6 +199,8 @@ def _newton(S: np.ndarray, N: np.ndarray, theta: np.ndarray, l2: float = L2, tol
         M = N * P * (1.0 - P)
         H = -M
         H += (M.sum(axis=2) + l2)[:, :, None] * eye
+        if ones is not None:
+            H += ones
         step = np.linalg.solve(H, g[:, :, None])[:, :, 0]
         big = np.abs(step).max(axis=1, keepdims=True)
         step *= np.minimum(1.0, 3.0 / np.maximum(big, 1e-300))
@@ -227,21 +240,123 @@ def _warm_theta(counts: PairCounts, warm: dict[str, float] | None, scale: float,
     return theta
 
 
-def fit_theta(counts: PairCounts, warm_theta: np.ndarray | None = None) -> np.ndarray:
+def _scored(counts: PairCounts) -> np.ndarray:
+    """adj[i, j]: i scored against j (a win or a tie): the edges of the comparison graph."""
+    return (counts.W + counts.T) > 0
+
+
+def mle_exists(counts: PairCounts) -> bool:
+    """Whether the unpenalised maximum-likelihood fit exists (finite, unique up to the offset): iff the
+    comparison graph, with an edge i -> j when i beat or tied j, is strongly connected (Ford 1957), i.e.
+    every model reaches every other through "beat or tied" relations. In particular every model has a win
+    or a tie and a loss or a tie."""
+    if len(counts.models) <= 1:
+        return True
+    adj = _scored(counts)
+    for m in (adj, adj.T):  # model 0 reaches every model, and every model reaches model 0
+        seen = np.zeros(len(adj), dtype=bool)
+        seen[0] = True
+        frontier = seen.copy()
+        while frontier.any():  # breadth-first: each model is in the frontier once, O(n^2) in all
+            frontier = m[frontier].any(axis=0) & ~seen
+            seen |= frontier
+        if not seen.all():
+            return False
+    return True
+
+
+def _names(ms: list[str], most: int = 6) -> str:
+    return ", ".join(ms) if len(ms) <= most else ", ".join(ms[:most]) + f" and {len(ms) - most} more"
+
+
+def why_regularised(counts: PairCounts) -> tuple[tuple[str, ...], str]:
+    """((), "") where the unpenalised maximum likelihood exists; else (models, reason): the models that made
+    the L2 prior needed and why, e.g. (("champ",), "champ won every game"). These are the groups of the
+    comparison graph's condensation that no model outside them beat or tied (they "won every game against
+    the others"), that beat or tied no model outside them ("lost every game"), or that never played the
+    others; a group holding more than half the models is "the others" and is not named."""
+    models = counts.models
+    n = len(models)
+    if mle_exists(counts):
+        return (), ""
+    from scipy.sparse.csgraph import connected_components
+
+    adj = _scored(counts)
+    k, label = connected_components(adj, directed=True, connection="strong")
+    cross = adj & (label[:, None] != label[None, :])  # edges between groups
+    out_ = np.bincount(label[np.nonzero(cross)[0]], minlength=k) > 0  # the group beat or tied an outsider
+    in_ = np.bincount(label[np.nonzero(cross)[1]], minlength=k) > 0  # an outsider beat or tied the group
+    battles = counts.W.sum(axis=0) + counts.W.sum(axis=1) + counts.T.sum(axis=1)
+    named: list[tuple[list[str], str]] = []
+    for c in range(k):
+        ms = sorted(models[i] for i in np.flatnonzero(label == c))
+        if (in_[c] and out_[c]) or 2 * len(ms) > n:
+            continue
+        one = len(ms) == 1
+        if one and battles[counts.index[ms[0]]] == 0:
+            why = f"{ms[0]} has no battles"
+        elif not in_[c] and not out_[c]:
+            why = f"{_names(ms)} never played the other models"
+        elif not in_[c]:
+            why = f"{ms[0]} won every game" if one else f"{_names(ms)} won every game against the other models"
+        else:
+            why = f"{ms[0]} lost every game" if one else f"{_names(ms)} lost every game against the other models"
+        named.append((ms, why))
+    named.sort()
+    if not named:  # pragma: no cover - a condensation always has a small source or sink group
+        return tuple(models), "the comparison graph is not strongly connected"
+    return tuple(m for ms, _ in named for m in ms), "; ".join(why for _, why in named)
+
+
+def fit_theta(counts: PairCounts, warm_theta: np.ndarray | None = None, penalised: bool | None = None
+              ) -> np.ndarray:
+    """Natural-log strengths: the unpenalised maximum likelihood (centred on 0) where it exists, else the
+    L2-penalised fit; `penalised` forces the choice (None: mle_exists decides)."""
+    if penalised is None:
+        penalised = not mle_exists(counts)
     S, N = _score_games(counts.W.astype(float), counts.T.astype(float))
     t0 = np.zeros(len(counts.models)) if warm_theta is None else warm_theta
     with _one_blas_thread():
-        return _newton(S[None], N[None], t0[None].astype(float))[0]
-
+        theta = _newton(S[None], N[None], t0[None].astype(float), l2=L2 if penalised else 0.0)[0]
+    return theta if penalised else theta - theta.mean()
 
 
 BOOT_CHUNKS = 4  # fixed, so a seed gives the same replicates on any number of cores
 
 
+def _strongly_connected(fwd: np.ndarray, bwd: np.ndarray, iu: np.ndarray, ju: np.ndarray, n: int
+                         ) -> np.ndarray:
+    """Per replicate: is the comparison graph strongly connected? fwd, bwd (r, pairs) bool: pair k's
+    first model iu[k] beat or tied ju[k], and the other way round. Breadth-first search from model 0
+    along the edges and against them, a batch of replicates at once (each step one batched product with
+    their adjacency matrices, at most ~32 MB of them at a time)."""
+    r = fwd.shape[0]
+    ok = np.ones(r, dtype=bool)
+    step = max(1, 8_000_000 // (n * n))
+    for lo in range(0, r, step):
+        k = slice(lo, min(r, lo + step))
+        adj = np.zeros((k.stop - k.start, n, n), dtype=np.float32)
+        adj[:, iu, ju] = fwd[k]
+        adj[:, ju, iu] = bwd[k]
+        for m in (adj, adj.transpose(0, 2, 1)):  # who model 0 reaches; who reaches model 0
+            seen = np.zeros((len(adj), n), dtype=bool)
+            seen[:, 0] = True
+            frontier = seen
+            while True:
+                frontier = (np.matmul(frontier.astype(np.float32)[:, None, :], m)[:, 0, :] > 0) & ~seen
+                if not frontier.any():
+                    break
+                seen |= frontier
+            ok[k] &= seen.all(axis=1)
+    return ok
+
+
 def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: int, tol: float,
-                     exact: bool) -> np.ndarray:
+                     exact: bool, penalised: bool = True) -> np.ndarray:
     """Strengths of `rounds` bootstrap replicates refitted from the point estimate `theta`, shape
-    (rounds, len(models)); see BradleyTerry.bootstrap."""
+    (rounds, len(models)); see BradleyTerry.bootstrap. `penalised=False` (the point estimate is the
+    unpenalised maximum): each replicate is fitted by the same rule, unpenalised where its maximum
+    exists, L2-penalised where its resample lost the strong connectivity."""
     n = len(counts.models)
     W, T = counts.W, counts.T
     iu, ju = np.triu_indices(n, 1)
@@ -259,7 +374,10 @@ def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: i
     AT = A.T.tocsr()
     p0 = 1.0 / (1.0 + np.exp(-(theta[iu] - theta[ju])))
     n0 = cells.sum(axis=1)
-    H = (AT @ sparse.diags(n0 * p0 * (1.0 - p0)) @ A).toarray() + L2 * np.eye(n)
+    H = (AT @ sparse.diags(n0 * p0 * (1.0 - p0)) @ A).toarray()
+    H += L2 * np.eye(n) if penalised else 1.0 / n  # 11^T / n: the unpenalised Laplacian's null direction
+    # edges of the data's comparison graph (a resample only loses some): first model beat/tied, and back
+    had_fwd, had_bwd = cells[:, 0] + cells[:, 1] > 0, cells[:, 2] + cells[:, 1] > 0
     with _one_blas_thread():
         Hi = np.linalg.inv(H)
     probs = (cells / total).ravel()
@@ -271,12 +389,20 @@ def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: i
         Sp = (d[:, :, 0] + 0.5 * d[:, :, 1]).T  # (pairs, r)
         Np = d.sum(axis=2).T.astype(float)
         x = np.repeat(theta[:, None], r, axis=1)  # (n, r)
+        l2 = np.full(r, L2)
+        if not penalised:  # the same rule per replicate: unpenalised where its maximum exists
+            fwd, bwd = d[:, :, 0] + d[:, :, 1] > 0, d[:, :, 2] + d[:, :, 1] > 0
+            lost = (had_fwd & ~fwd).any(axis=1) | (had_bwd & ~bwd).any(axis=1)
+            exists = ~lost  # all edges kept: still strongly connected
+            if lost.any():
+                exists[lost] = _strongly_connected(fwd[lost], bwd[lost], iu, ju, n)
+            l2[exists] = 0.0
         left = np.ones(r, dtype=bool)
         if not exact:
             prev = np.full(r, np.inf)
             for _ in range(30):
                 P = 1.0 / (1.0 + np.exp(-(A @ x)))
-                g = AT @ (Sp - Np * P) - L2 * x
+                g = AT @ (Sp - Np * P) - l2 * x
                 step = Hi @ g
                 size = np.abs(step).max(axis=0)
                 # A replicate whose curvature is far from the point estimate's (sparse pairs resampled
@@ -298,7 +424,7 @@ def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: i
             Tr[:, iu, ju] = dk[:, :, 1]
             Tr[:, ju, iu] = dk[:, :, 1]
             S, N = _score_games(Wr, Tr)
-            x[:, k] = _newton(S, N, np.repeat(theta[None], len(k), axis=0), tol=tol).T
+            x[:, k] = _newton(S, N, np.repeat(theta[None], len(k), axis=0), l2=l2[k], tol=tol).T
         return x.T
 
     chunks = min(BOOT_CHUNKS, rounds)
@@ -376,6 +502,23 @@ class Row:
         return asdict(self)
 
 
+class Leaderboard(list):
+    """What BradleyTerry.leaderboard returns: the rows (a list of Row, sorted by rating) plus how they were
+    fitted. `regularised`: the models that made the L2-penalised fit needed (empty: the rows are the exact,
+    unpenalised maximum likelihood); `note`: one line saying why, "" when exact (docs/ratings.md)."""
+
+    def __init__(self, rows: Iterable[Row] = (), regularised: tuple[str, ...] = (), reason: str = ""):
+        super().__init__(rows)
+        self.regularised = tuple(regularised)
+        self.reason = reason
+
+    @property
+    def note(self) -> str:
+        if not self.regularised:
+            return ""
+        return f"ratings regularised (L2 prior, no finite maximum-likelihood fit) because {self.reason}"
+
+
 # ------------------------------------------------------------------------------------------ models
 
 @dataclass(frozen=True, kw_only=True)
@@ -418,6 +561,11 @@ class BradleyTerry(_Parametrisation):
         theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
         return {m: float(x) for m, x in zip(counts.models, self._ratings(theta, counts.models))}
 
+    def regularised(self, counts: PairCounts) -> tuple[tuple[str, ...], str]:
+        """((), "") where fit() is the exact maximum likelihood; else (the models that made the L2 prior
+        needed, the reason in words): see why_regularised."""
+        return why_regularised(counts)
+
     def bootstrap(self, counts: PairCounts, rounds: int | None = None, seed: int = 0, *,
                   warm: dict[str, float] | None = None, theta: np.ndarray | None = None, tol: float = 1e-6,
                   exact: bool = False) -> np.ndarray:
@@ -429,14 +577,17 @@ class BradleyTerry(_Parametrisation):
         natural-log strengths, when the caller has it), with the point estimate's Hessian (a replicate's
         Hessian differs by sampling noise only, so the iteration converges in a few steps and needs one
         n x n inverse in all); replicates for which that does not converge (or exact=True) are refitted
-        by exact Newton. Chunks run in threads (the array maths releases the GIL)."""
+        by exact Newton. Chunks run in threads (the array maths releases the GIL). Each replicate follows
+        fit()'s rule: unpenalised where its own maximum exists, L2-penalised where not (a resample can lose
+        a model's only loss)."""
         rounds = self.rounds if rounds is None else rounds
         n = len(counts.models)
         if rounds <= 0 or n == 0:
             return np.zeros((max(rounds, 0), n))
+        penalised = not mle_exists(counts)
         if theta is None:
-            theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
-        return self._ratings(_bootstrap_theta(counts, theta, rounds, seed, tol, exact), counts.models)
+            theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base), penalised)
+        return self._ratings(_bootstrap_theta(counts, theta, rounds, seed, tol, exact, penalised), counts.models)
 
     def sandwich_ci(self, counts: PairCounts, ratings: dict[str, float] | None = None, *,
                     warm: dict[str, float] | None = None,
@@ -456,7 +607,10 @@ class BradleyTerry(_Parametrisation):
         P = 1.0 / (1.0 + np.exp(-(theta[:, None] - theta[None, :])))
         N = W + W.T + T
         M = N * P * (1.0 - P)
-        H = np.diag(M.sum(axis=1) + L2) - M
+        if mle_exists(counts):  # unpenalised: (Laplacian + 11^T/n)^-1 acts as its pseudo-inverse on contrasts
+            H = np.diag(M.sum(axis=1)) - M + 1.0 / n
+        else:
+            H = np.diag(M.sum(axis=1) + L2) - M
         # per-battle score of pair (i, j) is (y - p_ij)(e_i - e_j), y = 1, 1/2, 0
         V = W * (1.0 - P) ** 2 + W.T * P ** 2 + T * (0.5 - P) ** 2
         V = np.triu(V + V.T, 1)
@@ -475,20 +629,22 @@ class BradleyTerry(_Parametrisation):
         return {m: (ratings[m] - z * s, ratings[m] + z * s) for m, s in zip(models, sd)}
 
     def leaderboard(self, counts: PairCounts, *, ci: str = "bootstrap", rounds: int | None = None, seed: int = 0,
-                    warm: dict[str, float] | None = None) -> list[Row]:
+                    warm: dict[str, float] | None = None) -> Leaderboard:
         """Rows sorted by rating (desc): BT rating, 95% CI (bootstrap percentiles over `rounds`, default
-        self.rounds; sandwich; or none: lower = upper = rating), FastChat rank, battle counts, win rate."""
+        self.rounds; sandwich; or none: lower = upper = rating), FastChat rank, battle counts, win rate.
+        A Leaderboard (a list of Row) whose `regularised` / `note` say when and why the L2 prior was used."""
         if counts.models != sorted(counts.models):
             counts = counts.sorted()  # CIs must not depend on the order the battles arrived in
         models = counts.models
         if not models:
-            return []
+            return Leaderboard()
         rounds = self.rounds if rounds is None else rounds
-        theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base))
+        regularised, reason = why_regularised(counts)
+        theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base), penalised=bool(regularised))
         r = self._ratings(theta, models)
         ratings = {m: float(x) for m, x in zip(models, r)}
         if ci == "bootstrap" and rounds > 0:
-            boot = self.bootstrap(counts, rounds=rounds, seed=seed, theta=theta)
+            boot = self.bootstrap(counts, rounds=rounds, seed=seed, theta=theta)  # the same rule per replicate
             lower = np.quantile(boot, 0.025, axis=0)
             upper = np.quantile(boot, 0.975, axis=0)
         elif ci == "sandwich":
@@ -509,10 +665,10 @@ class BradleyTerry(_Parametrisation):
                             rank=ranks[i], battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
                             win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
         rows.sort(key=lambda row: (-row.rating, row.model))
-        return rows
+        return Leaderboard(rows, regularised, reason)
 
     def leaderboard_of_battles(self, battles: Iterable[tuple[str, str, str]], *, ci: str = "bootstrap",
-                               rounds: int | None = None, seed: int = 0) -> list[Row]:
+                               rounds: int | None = None, seed: int = 0) -> Leaderboard:
         """The leaderboard of (model_a, model_b, winner) rows, e.g. the ledger's verdicts: what the demo,
         `arena watch`, `arena report` and `arena iterations` show."""
         return self.leaderboard(PairCounts.from_battles(battles), ci=ci, rounds=rounds, seed=seed)

@@ -286,6 +286,17 @@ class LedgerStore:
                 inserted += len(res.all())
         return inserted
 
+    def battle_counts(self, split: str | None = None) -> list[tuple[str, str, str, int]]:
+        """(competitor_a, competitor_b, winner, n): the verdicts counted by the database, for fits."""
+        t = VerdictRow.__table__
+        n = sa.func.count().label("n")
+        q = sa.select(t.c.competitor_a, t.c.competitor_b, t.c.winner, n).group_by(
+            t.c.competitor_a, t.c.competitor_b, t.c.winner)
+        if split is not None:
+            q = q.where(t.c.split == split)
+        with self.engine.connect() as conn:
+            return [(a, b, w, int(k)) for a, b, w, k in conn.execute(q)]
+
     def reachable(self) -> bool:
         """Whether the database answers at all (tells a refused row from a database that is down)."""
         try:

@@ -11,7 +11,8 @@ import pytest
 from scipy.optimize import minimize
 
 from arena_cli.main import main
-from arena_flywheel.ratings import L2, BradleyTerry, OnlineElo, PairCounts, StyleControlledBT, rank_with_ci
+from arena_flywheel.ratings import (L2, BradleyTerry, Leaderboard, OnlineElo, PairCounts, StyleControlledBT, fit_theta,
+                                    mle_exists, rank_with_ci, why_regularised)
 
 LN10 = math.log(10)
 BT = BradleyTerry()  # FastChat's defaults: scale 400, base 10, centred on 1000
@@ -57,13 +58,128 @@ STRENGTH = {"a": 1200.0, "b": 1100.0, "c": 1000.0, "d": 950.0, "e": 750.0}
 
 def test_fit_agrees_with_a_straightforward_maximum_likelihood():
     rows = simulate(STRENGTH, 600, seed=1)
-    got = BT.fit(PairCounts.from_battles(rows))
-    ref = reference_fit(rows, l2=L2)
-    assert got.keys() == ref.keys()
-    assert max(abs(got[m] - ref[m]) for m in got) < 1e-3
+    c = PairCounts.from_battles(rows)
+    got = BT.fit(c)
+    ref = reference_fit(rows)
+    assert mle_exists(c) and got.keys() == ref.keys()
+    assert max(abs(got[m] - ref[m]) for m in got) < 1e-3  # the exact, unpenalised maximum
     assert abs(np.mean(list(got.values())) - 1000) < 1e-9  # centred on init without an anchor
-    # the default L2's bias against the unpenalised maximum is small already at ~240 battles per model
-    assert max(abs(got[m] - v) for m, v in reference_fit(rows).items()) < 0.1
+    # the penalised fit (used only where the maximum does not exist) is the L2-penalised maximum, and its
+    # bias against the unpenalised one is small already at ~240 battles per model
+    pen = fit_theta(c, penalised=True) * 400 / LN10
+    pen = dict(zip(c.models, pen - pen.mean() + 1000))
+    assert max(abs(pen[m] - v) for m, v in reference_fit(rows, l2=L2).items()) < 1e-3
+    assert 1e-3 < max(abs(pen[m] - got[m]) for m in got) < 0.1
+
+
+def sparse_arena(models: int = 25, seed: int = 21) -> list[tuple[str, str, str]]:
+    """A sparse human-arena-like sample: every model in 30-60 battles, ~15% ties, ratings spread 150 Elo."""
+    rng = np.random.default_rng(seed)
+    names = [f"model-{i:02d}" for i in range(models)]
+    truth = dict(zip(names, rng.normal(1000, 150, models)))
+    want = dict(zip(names, rng.integers(30, 61, models)))
+    have = dict.fromkeys(names, 0)
+    rows = []
+    while True:
+        open_ = [m for m in names if have[m] < want[m]]
+        if len(open_) < 2:
+            break
+        a, b = rng.choice(open_, 2, replace=False)
+        p = 1 / (1 + 10 ** ((truth[b] - truth[a]) / 400))
+        u = rng.random()
+        rows.append((a, b, "tie" if u < 0.15 else "model_a" if u < 0.15 + 0.85 * p else "model_b"))
+        have[a] += 1
+        have[b] += 1
+    return rows
+
+
+def converged_unpenalised_fit(rows) -> dict[str, float]:
+    """The definition, in FastChat's parametrisation and units: maximise sum over battles of
+    y log P(a beats b) + (1 - y) log P(b beats a), P(a beats b) = 1 / (1 + 10^((R_b - R_a) / 400)),
+    y = 1, 1/2 (tie), 0, over the ratings R themselves, no prior; L-BFGS-B run to convergence
+    (gtol 1e-12, no relative-reduction stop); centred on 1000."""
+    models = sorted({m for a, b, _ in rows for m in (a, b)})
+    ix = {m: i for i, m in enumerate(models)}
+    a = np.array([ix[r[0]] for r in rows])
+    b = np.array([ix[r[1]] for r in rows])
+    y = np.array([{"model_a": 1.0, "model_b": 0.0}.get(r[2], 0.5) for r in rows])
+
+    def nll(R):
+        z = (R[a] - R[b]) * LN10 / 400  # log-odds that a beats b
+        p = 1 / (1 + 10 ** ((R[b] - R[a]) / 400))
+        gz = -(y - p) * LN10 / 400
+        grad = np.bincount(a, gz, len(models)) - np.bincount(b, gz, len(models))
+        return np.sum(y * np.logaddexp(0, -z) + (1 - y) * np.logaddexp(0, z)), grad
+
+    res = minimize(nll, np.full(len(models), 1000.0), jac=True, method="L-BFGS-B",
+                   options={"gtol": 1e-12, "ftol": 0.0, "maxiter": 100_000, "maxfun": 100_000})
+    assert np.abs(res.jac).max() < 1e-8, res.message
+    return dict(zip(models, res.x - res.x.mean() + 1000))
+
+
+def test_sparse_arena_gets_the_exact_unpenalised_fit():
+    """Issue 20: tens of battles per model, where the L2 prior's bias was visible (LMSYS publishes the
+    unpenalised fit). Every model has wins and losses, so the maximum exists and is what we report."""
+    rows = sparse_arena()
+    c = PairCounts.from_battles(rows)
+    W = c.W
+    per_model = [c.battles(m) for m in c.models]
+    assert len(c.models) == 25 and 30 <= min(per_model) and max(per_model) <= 60 and c.T.sum() > 0
+    assert (W.sum(axis=1) > 0).all() and (W.sum(axis=0) > 0).all()
+    assert mle_exists(c) and why_regularised(c) == ((), "")
+    ref = converged_unpenalised_fit(rows)
+    got = BT.fit(c)
+    assert max(abs(got[m] - ref[m]) for m in ref) < 0.01
+    board = BT.leaderboard(c, ci="bootstrap", rounds=50)
+    assert isinstance(board, Leaderboard) and board.regularised == () and board.note == ""
+    assert max(abs(r.rating - ref[r.model]) for r in board) < 0.01
+    sand = BT.leaderboard(c, ci="sandwich")
+    assert max(abs(r.rating - ref[r.model]) for r in sand) < 0.01
+    assert all(r.lower < r.rating < r.upper for r in sand)
+    # anchored: the same differences
+    pinned = BradleyTerry(anchor="model-00", anchor_rating=1114.0).fit(c)
+    assert max(abs((pinned[m] - 1114.0) - (ref[m] - ref["model-00"])) for m in ref) < 0.01
+    # the old always-penalised fit was visibly off here (what the issue measured on a real sample)
+    pen = fit_theta(c, penalised=True) * 400 / LN10
+    assert np.abs((pen - pen.mean() + 1000) - np.array([ref[m] for m in c.models])).max() > 0.1
+
+
+def test_sparse_bootstrap_replicates_follow_the_same_rule():
+    """Replicates are unpenalised where their own maximum exists; a resample that drops a model's only
+    loss falls back to the penalised fit (finite). The batched refits equal exact Newton per replicate."""
+    c = PairCounts.from_battles(sparse_arena(models=12, seed=5))
+    c.add("solo", "model-00", "model_a", n=6)
+    c.add("solo", "model-01", "model_a", n=6)
+    c.add("model-02", "solo", "model_a")  # solo's only loss: lost in ~37% of the resamples
+    assert mle_exists(c)
+    fast, exact = BT.bootstrap(c, rounds=60, seed=1), BT.bootstrap(c, rounds=60, seed=1, exact=True)
+    assert np.isfinite(fast).all() and np.abs(fast - exact).max() < 0.01
+    solo = fast[:, c.models.index("solo")]
+    # without its loss solo is unbeaten: only the prior holds it, far above the replicates that kept it
+    assert (solo > np.median(solo) + 300).sum() >= 10
+
+
+def test_strong_connectivity_checks_match_scipy():
+    from scipy.sparse.csgraph import connected_components
+
+    from arena_flywheel.ratings import _strongly_connected
+
+    rng = np.random.default_rng(0)
+    n, r = 9, 400
+    iu, ju = np.triu_indices(n, 1)
+    fwd = rng.random((r, len(iu))) < rng.uniform(0.05, 0.4, (r, 1))
+    bwd = rng.random((r, len(iu))) < rng.uniform(0.05, 0.4, (r, 1))
+    got = _strongly_connected(fwd, bwd, iu, ju, n)
+    want = []
+    for k in range(r):
+        adj = np.zeros((n, n), dtype=bool)
+        adj[iu, ju] = fwd[k]
+        adj[ju, iu] = bwd[k]
+        want.append(connected_components(adj, directed=True, connection="strong")[0] == 1)
+        c = PairCounts([f"m{i}" for i in range(n)])
+        c.wins[:n, :n] = adj  # the point fit's check, on the same graph
+        assert mle_exists(c) == want[-1]
+    assert 50 < sum(want) < 350 and got.tolist() == want
 
 
 def test_ties_count_half_a_win_each():
@@ -111,8 +227,28 @@ def test_undefeated_and_winless_models_stay_finite_and_ordered():
     r = BT.fit(c)
     assert all(math.isfinite(v) for v in r.values())
     assert r["champ"] > r["mid"] > r["low"] > r["bottom"]
-    for row in BT.leaderboard(c, ci="bootstrap", rounds=20):
-        assert all(math.isfinite(x) for x in (row.rating, row.lower, row.upper))
+    # no finite maximum likelihood: the penalised fit, and the output says which models made it needed
+    assert not mle_exists(c)
+    assert why_regularised(c) == (("bottom", "champ"), "bottom lost every game; champ won every game")
+    for ci in ("bootstrap", "sandwich", "none"):
+        board = BT.leaderboard(c, ci=ci, rounds=20)
+        assert board.regularised == ("bottom", "champ")
+        assert board.note.endswith("because bottom lost every game; champ won every game")
+        for row in board:
+            assert all(math.isfinite(x) for x in (row.rating, row.lower, row.upper))
+    # groups: {x, y} beat each other and never lost to the rest; a model that never played the others
+    g = PairCounts.from_battles(sparse_arena(models=8, seed=3))
+    g.add("x", "y", "model_a")
+    g.add("y", "x", "model_a")
+    g.add("x", "model-00", "model_a", n=3)
+    g.add("y", "model-01", "model_a")
+    assert why_regularised(g) == (("x", "y"), "x, y won every game against the other models")
+    g.add("model-02", "y", "model_a")
+    assert mle_exists(g) and BT.leaderboard(g, ci="none").note == ""
+    g.add("p", "q", "tie")
+    assert why_regularised(g) == (("p", "q"), "p, q never played the other models")
+    lonely = PairCounts(["nobody"]).merge(PairCounts.from_battles(sparse_arena(models=6, seed=4)))
+    assert why_regularised(lonely) == (("nobody",), "nobody has no battles")
 
 
 def test_scale_base_and_init_follow_fastchat_parametrisation():
@@ -316,6 +452,21 @@ def test_cli_missing_file_and_unknown_anchor(tmp_path, monkeypatch, capsys):
     _write_jsonl(f, [{"model_a": "x", "model_b": "y", "winner": "model_a"}])
     assert main(["leaderboard", "--battles", str(f), "--anchor", "ghost"]) == 2
     assert "ghost" in capsys.readouterr().err
+
+
+def test_cli_says_when_and_why_ratings_are_regularised(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    f = tmp_path / "b.jsonl"
+    rows = [("x", "y", "model_a"), ("z", "y", "model_a"), ("x", "z", "tie")]
+    _write_jsonl(f, [{"model_a": a, "model_b": b, "winner": w} for a, b, w in rows])
+    assert main(["leaderboard", "--battles", str(f), "--format", "json", "--rounds", "10"]) == 0
+    out = capsys.readouterr()
+    assert [r["model"] for r in json.loads(out.out)][0] == "x"  # stdout stays valid JSON
+    assert out.err.strip() == "note: ratings regularised (L2 prior, no finite maximum-likelihood fit) " \
+                              "because y lost every game"
+    _write_jsonl(f, [{"model_a": a, "model_b": b, "winner": w} for a, b, w in rows + [("y", "x", "model_a")]])
+    assert main(["leaderboard", "--battles", str(f), "--rounds", "10"]) == 0
+    assert capsys.readouterr().err == ""  # the exact fit: nothing to say
 
 
 def test_ledger_verdicts_on_real_sqlite(tmp_path):

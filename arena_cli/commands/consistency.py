@@ -1,4 +1,5 @@
-"""`arena consistency`: agreement of a benchmark leaderboard with a human arena (arena-hard-auto metrics)."""
+"""`arena consistency`: agreement of a benchmark leaderboard with a human arena: arena-hard-auto's metrics and
+the Arena Learning paper's triple (arena_flywheel/consistency.py, docs/testset.md)."""
 from __future__ import annotations
 
 import json
@@ -7,9 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from arena_flywheel.consistency import compute, load_board
+from arena_flywheel.consistency import GROUPS, compute, load_board
 from arena_flywheel.errors import UsageError
-
 
 
 def add_arguments(parser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
 def run(args, cfg) -> int:
     try:
         name_map = json.loads(Path(args.name_map).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # unreadable, not UTF-8, not JSON, too deep
         raise UsageError(f"--name-map {args.name_map}: {exc}") from None
     if not isinstance(name_map, dict):
         raise UsageError("--name-map must be a JSON object {benchmark name: reference name}")
@@ -30,10 +30,13 @@ def run(args, cfg) -> int:
     if args.format == "json":
         print(json.dumps(result, indent=2))
         return 0
-    table = Table(title="benchmark vs reference")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for k, v in result.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
-    Console().print(table)
+    console = Console()
+    for title, keys in GROUPS.items():  # one table per group: arena-hard-auto, Arena Learning, extras
+        table = Table(title=f"benchmark vs reference: {title}")
+        table.add_column("metric")
+        table.add_column("value", justify="right")
+        for k in keys:
+            v = result[k]
+            table.add_row(k, "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
+        console.print(table)
     return 0
