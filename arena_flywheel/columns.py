@@ -19,7 +19,8 @@ from .ratings import PairCounts
 
 # winner -> outcome code of PairCounts.from_arrays (0 = a wins, 1 = tie, 2 = b wins); "invalid" is dropped
 OUTCOMES = {"model_a": 0, "tie": 1, "tie (bothbad)": 1, "model_b": 2, "invalid": -1}
-_WANTED = ("competitor_a", "competitor_b", "model_a", "model_b", "winner", "score_a", "score_b", "split")
+_WANTED = ("competitor_a", "competitor_b", "model_a", "model_b", "winner", "score_a", "score_b", "split",
+           "category")
 
 
 def _read(path: Path) -> Any | None:
@@ -62,18 +63,20 @@ def _strings(table, name: str):
     return col
 
 
-def battle_counts(path: str, *, tie_margin: float = 0.0, split: str | None = None, limits=None
-                  ) -> PairCounts | None:
-    """Pairwise counts of a clean battle or verdict file, or None when it must be read row by row."""
+def battle_counts(path: str, *, tie_margin: float = 0.0, split: str | None = None, limits=None,
+                  category: str | None = None) -> PairCounts | None:
+    """Pairwise counts of a clean battle or verdict file, or None when it must be read row by row.
+    `split` / `category`: only rows whose `split` / `category` field equals it."""
     import pyarrow as pa
 
     try:
-        return _battle_counts(path, tie_margin, split, limits)
+        return _battle_counts(path, tie_margin, split, limits, category)
     except (pa.ArrowException, UnicodeDecodeError, ValueError, TypeError):
         return None  # e.g. invalid UTF-8 the JSON reader let through: the row reader names the row
 
 
-def _battle_counts(path: str, tie_margin: float, split: str | None, limits) -> PairCounts | None:
+def _battle_counts(path: str, tie_margin: float, split: str | None, limits, category: str | None = None
+                   ) -> PairCounts | None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -109,12 +112,14 @@ def _battle_counts(path: str, tie_margin: float, split: str | None, limits) -> P
     if outcome is None:
         return None
     keep = outcome >= 0
-    if split is not None:
-        s = _strings(table, "split")
+    for field, value in (("split", split), ("category", category)):
+        if value is None:
+            continue
+        s = _strings(table, field)
         if s is False:
-            return None
+            return None  # not text: the row reader compares it as the row has it
         keep &= np.zeros(table.num_rows, dtype=bool) if s is None else \
-            pc.fill_null(pc.equal(s, split), False).to_numpy(zero_copy_only=False)
+            pc.fill_null(pc.equal(s, value), False).to_numpy(zero_copy_only=False)
     a = pc.dictionary_encode(a).combine_chunks()
     b = pc.dictionary_encode(b).combine_chunks()
     models = sorted(set(a.dictionary.to_pylist()) | set(b.dictionary.to_pylist()))

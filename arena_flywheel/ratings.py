@@ -507,10 +507,14 @@ class Leaderboard(list):
     fitted. `regularised`: the models that made the L2-penalised fit needed (empty: the rows are the exact,
     unpenalised maximum likelihood); `note`: one line saying why, "" when exact (docs/ratings.md)."""
 
-    def __init__(self, rows: Iterable[Row] = (), regularised: tuple[str, ...] = (), reason: str = ""):
+    def __init__(self, rows: Iterable[Row] = (), regularised: tuple[str, ...] = (), reason: str = "",
+                 replicates: dict[str, np.ndarray] | None = None):
         super().__init__(rows)
         self.regularised = tuple(regularised)
         self.reason = reason
+        # {model: its rating in each bootstrap replicate} (the replicates behind lower / upper), None when
+        # the CIs were not bootstrapped; e.g. for win_rate_vs_baseline(..., replicates=...)
+        self.replicates = replicates
 
     @property
     def note(self) -> str:
@@ -639,6 +643,7 @@ class BradleyTerry(_Parametrisation):
         if not models:
             return Leaderboard()
         rounds = self.rounds if rounds is None else rounds
+        replicates = None
         regularised, reason = why_regularised(counts)
         theta = fit_theta(counts, _warm_theta(counts, warm, self.scale, self.base), penalised=bool(regularised))
         r = self._ratings(theta, models)
@@ -647,6 +652,7 @@ class BradleyTerry(_Parametrisation):
             boot = self.bootstrap(counts, rounds=rounds, seed=seed, theta=theta)  # the same rule per replicate
             lower = np.quantile(boot, 0.025, axis=0)
             upper = np.quantile(boot, 0.975, axis=0)
+            replicates = {m: boot[:, i] for i, m in enumerate(models)}
         elif ci == "sandwich":
             iv = self.sandwich_ci(counts, ratings)
             lower = np.array([iv[m][0] for m in models])
@@ -665,7 +671,7 @@ class BradleyTerry(_Parametrisation):
                             rank=ranks[i], battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
                             win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
         rows.sort(key=lambda row: (-row.rating, row.model))
-        return Leaderboard(rows, regularised, reason)
+        return Leaderboard(rows, regularised, reason, replicates)
 
     def leaderboard_of_battles(self, battles: Iterable[tuple[str, str, str]], *, ci: str = "bootstrap",
                                rounds: int | None = None, seed: int = 0) -> Leaderboard:
@@ -673,11 +679,14 @@ class BradleyTerry(_Parametrisation):
         `arena watch`, `arena report` and `arena iterations` show."""
         return self.leaderboard(PairCounts.from_battles(battles), ci=ci, rounds=rounds, seed=seed)
 
-    def win_rate_vs_baseline(self, counts: PairCounts, baseline: str, *, ratings: dict[str, float] | None = None
+    def win_rate_vs_baseline(self, counts: PairCounts, baseline: str, *, ratings: dict[str, float] | None = None,
+                             replicates: dict[str, np.ndarray] | None = None
                              ) -> dict[str, dict[str, float | int | None]]:
         """Arena-hard / AlpacaEval style win rate of every model against `baseline`: `predicted` from the BT
         ratings (defined even without direct battles), `observed` = (wins + ties/2) / battles against the
-        baseline directly (None without any), and that battle count."""
+        baseline directly (None without any), and that battle count. With `replicates` ({model: ratings of
+        the bootstrap replicates}, e.g. `Leaderboard.replicates`) also `lower` / `upper`: the 2.5% / 97.5%
+        quantiles of the predicted win rate over the replicates (arena-hard-auto's show_result CI)."""
         if baseline not in counts.index:
             raise ValueError(f"baseline {baseline!r} has no battles")
         if ratings is None:
@@ -690,6 +699,11 @@ class BradleyTerry(_Parametrisation):
             obs = float((W[i, b] + 0.5 * T[i, b]) / n) if n and i != b else None
             pred = 1.0 / (1.0 + self.base ** ((ratings[baseline] - ratings[m]) / self.scale))
             out[m] = {"predicted": pred, "observed": obs, "battles": n if i != b else 0}
+            if replicates is not None:
+                diff = np.asarray(replicates[baseline], dtype=float) - np.asarray(replicates[m], dtype=float)
+                rep = 1.0 / (1.0 + self.base ** (diff / self.scale))
+                out[m]["lower"] = float(np.quantile(rep, 0.025)) if len(rep) else pred
+                out[m]["upper"] = float(np.quantile(rep, 0.975)) if len(rep) else pred
         return out
 
 
