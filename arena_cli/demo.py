@@ -35,7 +35,7 @@ from rich.text import Text
 
 from arena_flywheel.broker import free_port, kafka_for
 from arena_flywheel.config import CompetitorConfig, Config
-from arena_flywheel.errors import InputError
+from arena_flywheel.errors import ArenaError, InputError
 from arena_flywheel.events import Instruction, competitor_name
 from arena_flywheel.kafka import Publisher
 from arena_flywheel.ratings import BradleyTerry
@@ -229,6 +229,10 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
 
 
+class DemoTimeout(ArenaError, TimeoutError):
+    """A demo phase waited longer than --timeout (one line for the user, not a traceback)."""
+
+
 class Demo:
     def __init__(self, cfg: Config, plan: DemoPlan, data_dir: Path, live: bool = True, timeout: float = 900,
                  zoo_cache: Path | None = None):
@@ -288,7 +292,8 @@ class Demo:
                 if ok:
                     return
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"timed out after {self.timeout:.0f}s waiting for {what} ({progress})")
+                    raise DemoTimeout(f"timed out after {self.timeout:.0f}s waiting for {what} ({progress}); "
+                                      f"a slow machine needs a larger --timeout (now {self.timeout:.0f})")
                 if live is not None:
                     live.update(_live_view(view.cfg, f"live ratings (eval split) - waiting for {what}: {progress}"))
                 elif time.monotonic() - last > 10:

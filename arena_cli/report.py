@@ -7,13 +7,14 @@ from pathlib import Path
 
 from arena_flywheel.config import Config
 from arena_flywheel.ratings import BradleyTerry
-from arena_flywheel.store import LedgerStore
+from arena_flywheel.errors import InputError
+from arena_flywheel.store import open_ledger
 
 COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
 
 
 def _rows(cfg: Config, split: str):
-    store = LedgerStore(cfg.db.url)
+    store = open_ledger(cfg.db.url)  # a mistyped URL is an error, not a new empty ledger
     try:
         verdicts = store.events("verdict", split=split)
         checkpoints = store.events("checkpoint")
@@ -99,10 +100,14 @@ def plot_iterations(series, path: Path) -> bool:
 
 def write_report(cfg: Config, out: str | Path, split: str = "eval") -> Path:
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows, checkpoints = _rows(cfg, split)
-    write_tables(rows, out)
-    if rows:
-        plot_ratings(rows, out / "ratings.png")
-        plot_iterations(iteration_series(rows, checkpoints), out / "iterations.png")
+    rows, checkpoints = _rows(cfg, split)  # the ledger first: no output directory for a missing ledger
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_tables(rows, out)
+        if rows:
+            plot_ratings(rows, out / "ratings.png")
+            plot_iterations(iteration_series(rows, checkpoints), out / "iterations.png")
+    except OSError as exc:
+        raise InputError(f"--out {out}: cannot write the report there ({exc.strerror or exc}); "
+                         f"pick a writable directory") from None
     return out

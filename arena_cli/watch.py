@@ -18,7 +18,7 @@ from rich.text import Text
 
 from arena_flywheel.config import Config
 from arena_flywheel.ratings import BradleyTerry
-from arena_flywheel.store import LedgerStore
+from arena_flywheel.store import open_ledger
 from consumers.judging.health import JudgeHealth
 
 
@@ -26,14 +26,14 @@ from consumers.judging.health import JudgeHealth
 class Snapshot:
     rows: list[dict[str, Any]]  # model, rating, lower, upper, rank, battles, win_rate
     verdicts: int = 0
-    health: dict[str, float] = field(default_factory=dict)
+    health: dict[str, float | None] = field(default_factory=dict)
     lag: int | None = None
     at: float = field(default_factory=time.time)
     source: str = ""
 
 
 def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
-    store = LedgerStore(cfg.db.url)
+    store = open_ledger(cfg.db.url)  # a mistyped URL is an error, not a new empty ledger
     try:
         verdicts = store.events("verdict", split=split)
         # answer lengths per battle, for the judge's longer-answer win rate
@@ -46,7 +46,7 @@ def from_ledger(cfg: Config, split: str = "eval") -> Snapshot:
     return Snapshot(rows=rows, verdicts=len(verdicts), health=judge_health(verdicts, lengths), source=cfg.db.url)
 
 
-def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, float]:
+def judge_health(verdicts, lengths: dict[str, tuple[int, int]] | None = None) -> dict[str, float | None]:
     """The judge health rates (consumers/judging/health.py) of these verdicts."""
     h = JudgeHealth()
     for v in verdicts:
@@ -90,7 +90,8 @@ def render(snap: Snapshot, start: dict[str, float] | None = None, rate: float | 
     if snap.lag is not None:
         bits.append(f"lag {snap.lag}")
     if snap.health:
-        bits.append("judge: " + ", ".join(f"{k.replace('_', ' ')} {v:.0%}" for k, v in snap.health.items()))
+        bits.append("judge: " + ", ".join(f"{k.replace('_', ' ')} {'n/a' if v is None else format(v, '.0%')}"
+                                          for k, v in snap.health.items()))
     bits.append(time.strftime("%H:%M:%S", time.localtime(snap.at)))
     return Group(t, Text(" | ".join(bits), style="dim"))
 

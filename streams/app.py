@@ -237,7 +237,8 @@ class Stream:
         for v in red.accepted:
             self.health.add(v)
             # no id: the processed-id check already dropped redeliveries; the page keeps no second id set
-            self.dashboard.add_verdict({"model_a": v.competitor_a, "model_b": v.competitor_b, "winner": v.winner})
+            self.dashboard.add_verdict({"model_a": v.competitor_a, "model_b": v.competitor_b, "winner": v.winner},
+                                       split=v.split)
         self.stats["verdicts"] += len(red.ids)
         now = time.time()
         self.stats["last_update"] = now

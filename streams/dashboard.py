@@ -15,6 +15,8 @@ import time
 from collections import deque
 from typing import Any, Callable
 
+from arena_flywheel.events import competitor_name
+
 MAX_FAILURES = 20
 MAX_HISTORY = 500
 
@@ -31,13 +33,15 @@ class DashboardState:
         self.elo: dict[str, float] = {}
         self.history: dict[str, list[list[float]]] = {}
         self.checkpoints: list[dict] = []
-        self.pairs: dict[tuple[str, str], dict] = {}
+        self.pairs: dict[str, dict[tuple[str, str], dict]] = {}  # split -> pair -> counts
         self.health: dict = {}
         self.failures: deque = deque(maxlen=MAX_FAILURES)
         self.verdicts = 0
         self.seen: set[str] = set()
 
-    def add_verdict(self, verdict: Any) -> None:
+    def add_verdict(self, verdict: Any, split: str | None = None) -> None:
+        """Count one verdict in the pairwise table of its split (`split`, else the verdict's own, else
+        "eval"). An invalid verdict is counted in `verdicts` but not in the pairwise table: it is no tie."""
         # at-least-once delivery: a redelivered verdict (same id) is counted once
         vid = _get(verdict, "id")
         if vid is not None:
@@ -47,10 +51,12 @@ class DashboardState:
         self.verdicts += 1
         a, b = _get(verdict, "model_a"), _get(verdict, "model_b")
         winner = _get(verdict, "winner")
-        if a is None or b is None:
+        if a is None or b is None or winner == "invalid":
             return
+        split = split or _get(verdict, "split") or "eval"
         key = tuple(sorted((a, b)))
-        p = self.pairs.setdefault(key, {"a": key[0], "b": key[1], "a_wins": 0, "ties": 0, "b_wins": 0})
+        pairs = self.pairs.setdefault(split, {})
+        p = pairs.setdefault(key, {"a": key[0], "b": key[1], "a_wins": 0, "ties": 0, "b_wins": 0})
         w = winner if winner in (a, b) else ({"model_a": a, "a": a, "model_b": b, "b": b}.get(winner))
         if w is None:
             p["ties"] += 1
@@ -70,10 +76,24 @@ class DashboardState:
             del h[:-MAX_HISTORY]
 
     def add_failure(self, failure: Any) -> None:
-        self.failures.appendleft(failure if isinstance(failure, dict) else failure.model_dump(mode="json"))
+        f = dict(failure) if isinstance(failure, dict) else failure.model_dump(mode="json")
+        if f.get("target"):  # the losing competitor, as the leaderboard names it (target@checkpoint)
+            f["loser"] = competitor_name(f["target"], f.get("target_checkpoint") or "base")
+        if isinstance(f.get("margin"), (int, float)):
+            f["margin"] = round(f["margin"], 3)
+        judge = f.get("judge")
+        if isinstance(judge, dict):  # one line naming the judge: "backend:model template_id"
+            who = ":".join(x for x in (judge.get("backend"), judge.get("model")) if x)
+            f["judge_id"] = " ".join(x for x in (who, judge.get("template_id")) if x) or None
+        self.failures.appendleft(f)
 
     def add_checkpoint(self, model: str, checkpoint: str, iteration: int) -> None:
         self.checkpoints.append({"model": model, "checkpoint": checkpoint, "iteration": iteration})
+
+    def _checkpoint_view(self, c: dict) -> dict:
+        # ratings are keyed by competitor ("target@it1-sft"), not by the bare checkpoint name
+        comp = competitor_name(c["model"], c["checkpoint"])
+        return {**c, "competitor": comp, "rating": self.elo.get(comp)}
 
     def set_health(self, health: dict) -> None:
         self.health = dict(health)
@@ -81,7 +101,11 @@ class DashboardState:
     def to_dict(self) -> dict:
         return {
             "leaderboard": self.leaderboard, "elo": dict(self.elo), "history": self.history,
-            "checkpoints": list(self.checkpoints), "pairs": list(self.pairs.values()), "health": self.health,
+            "checkpoints": [self._checkpoint_view(c) for c in self.checkpoints],
+            # the heat map beside the (eval) leaderboard: eval pairs; the train split apart
+            "pairs": list(self.pairs.get("eval", {}).values()),
+            "pairs_by_split": {sp: list(ps.values()) for sp, ps in sorted(self.pairs.items())},
+            "health": self.health,
             "failures": list(self.failures), "verdicts": self.verdicts, "generated_at": time.time(),
         }
 
@@ -137,13 +161,15 @@ PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>arena-flywheel
 <h2>Leaderboard</h2><table id="lb"><thead><tr><th>rank</th><th>model</th><th>rating</th><th>95% CI</th><th>battles</th><th>win rate</th></tr></thead><tbody></tbody></table>
 <h2>Rating over time</h2><svg id="hist" width="700" height="260"></svg>
 <h2>Checkpoints</h2><ul id="ckpt"></ul>
-<h2>Pairwise win rate (row beats column)</h2><table id="heat"></table>
+<h2>Pairwise win rate (row beats column, valid verdicts only), split <select id="split" onchange="last&&render(last)"><option>eval</option><option>train</option></select></h2><table id="heat"></table>
 <h2>Judge health</h2><pre id="health"></pre>
 <h2>Recent failures</h2><div id="fails"></div>
 <script>
 function esc(s){return String(s==null?'':s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]))}
 function f1(x){return x==null?'':Number(x).toFixed(1)}
+var last=null;
 function render(s){
+ last=s;var sp=document.getElementById('split').value,pairs=(s.pairs_by_split||{})[sp]||[];
  document.getElementById('meta').textContent='verdicts: '+s.verdicts+' | updated '+new Date(s.generated_at*1000).toLocaleTimeString();
  document.querySelector('#lb tbody').innerHTML=s.leaderboard.map(r=>'<tr><td>'+esc(r.rank)+'</td><td>'+esc(r.model)+'</td><td>'+f1(r.rating)+'</td><td>'+f1(r.lower)+' .. '+f1(r.upper)+'</td><td>'+esc(r.battles)+'</td><td>'+(r.win_rate==null?'':(100*r.win_rate).toFixed(1)+'%')+'</td></tr>').join('');
  var svg=document.getElementById('hist'),pts=[],W=700,H=260,cols=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f'];
@@ -153,12 +179,12 @@ function render(s){
  h+='<text x="2" y="15" font-size="10">'+f1(y1)+'</text><text x="2" y="'+(H-20)+'" font-size="10">'+f1(y0)+'</text>';
  for(var m in s.history){var c=cols[i++%cols.length],ps=s.history[m];h+='<polyline fill="none" stroke="'+c+'" points="'+ps.map(p=>X(p[0])+','+Y(p[1])).join(' ')+'"/>'+ps.map(p=>'<circle r="2" fill="'+c+'" cx="'+X(p[0])+'" cy="'+Y(p[1])+'"/>').join('');var l=ps[ps.length-1];h+='<text x="'+(X(l[0])+4)+'" y="'+Y(l[1])+'" font-size="11" fill="'+c+'">'+esc(m)+'</text>'}}
  svg.innerHTML=h;
- document.getElementById('ckpt').innerHTML=s.checkpoints.map(c=>'<li>'+esc(c.model)+' iteration '+esc(c.iteration)+': '+esc(c.checkpoint)+(s.elo[c.checkpoint]!=null?' (elo '+f1(s.elo[c.checkpoint])+')':'')+'</li>').join('');
- var ms=[...new Set(s.pairs.flatMap(p=>[p.a,p.b]))].sort(),cell={};
- s.pairs.forEach(p=>{var n=p.a_wins+p.ties+p.b_wins;cell[p.a+'|'+p.b]=[(p.a_wins+p.ties/2)/n,n];cell[p.b+'|'+p.a]=[(p.b_wins+p.ties/2)/n,n]});
+ document.getElementById('ckpt').innerHTML=s.checkpoints.map(c=>'<li>'+esc(c.model)+' iteration '+esc(c.iteration)+': '+esc(c.competitor||c.checkpoint)+(c.rating!=null?' (rating '+f1(c.rating)+')':' (not rated yet)')+'</li>').join('');
+ var ms=[...new Set(pairs.flatMap(p=>[p.a,p.b]))].sort(),cell={};
+ pairs.forEach(p=>{var n=p.a_wins+p.ties+p.b_wins;cell[p.a+'|'+p.b]=[(p.a_wins+p.ties/2)/n,n];cell[p.b+'|'+p.a]=[(p.b_wins+p.ties/2)/n,n]});
  document.getElementById('heat').innerHTML='<tr><th></th>'+ms.map(m=>'<th>'+esc(m)+'</th>').join('')+'</tr>'+ms.map(r=>'<tr><th>'+esc(r)+'</th>'+ms.map(c=>{var v=cell[r+'|'+c];if(!v)return'<td></td>';var g=Math.round(255*v[0]),b='rgb('+(255-g)+','+g+',120)';return'<td style="background:'+b+'" title="'+v[1]+' battles">'+(100*v[0]).toFixed(0)+'% ('+v[1]+')</td>'}).join('')+'</tr>').join('');
- document.getElementById('health').textContent=JSON.stringify(s.health,null,1);
- document.getElementById('fails').innerHTML=s.failures.map(f=>'<div class="fail"><b>'+esc(f.instruction_id||f.id)+'</b> '+esc(f.target||'')+' lost to '+esc(f.winner_model||'')+' (margin '+esc(f.margin)+')<pre>'+esc((f.messages||[]).map(m=>m.role+': '+m.content).join('\\n'))+'</pre><b>target</b><pre>'+esc((f.target_answers||[]).join('\\n---\\n'))+'</pre><b>winner</b><pre>'+esc((f.winner_answers||[]).join('\\n---\\n'))+'</pre><b>judge</b><pre>'+esc(f.explanation||'')+'</pre></div>').join('');
+ document.getElementById('health').textContent=Object.keys(s.health).map(k=>k.replace(/_/g,' ')+': '+(s.health[k]==null?'n/a':(100*s.health[k]).toFixed(1)+'%')).join('\\n')||'n/a';
+ document.getElementById('fails').innerHTML=s.failures.map(f=>'<div class="fail"><b>'+esc(f.instruction_id||f.id)+'</b> '+esc(f.loser||f.target||'')+' lost to '+esc(f.winner_model||'')+' (margin '+(f.margin==null?'n/a':esc(Number(f.margin).toFixed(2)))+')<pre>'+esc((f.messages||[]).map(m=>m.role+': '+m.content).join('\\n'))+'</pre>'+(f.reference?'<b>reference</b><pre>'+esc(f.reference)+'</pre>':'')+'<b>'+esc(f.loser||'target')+'</b><pre>'+esc((f.target_answers||[]).join('\\n---\\n'))+'</pre><b>'+esc(f.winner_model||'winner')+'</b><pre>'+esc((f.winner_answers||[]).join('\\n---\\n'))+'</pre>'+(f.judge_id?'<b>judge</b> '+esc(f.judge_id):'')+'</div>').join('');
 }
 var ver='';
 async function loop(){for(;;){try{var r=await fetch('/api/events?since='+ver);var s=await r.json();ver=s.version;render(s)}catch(e){await new Promise(r=>setTimeout(r,1000))}}}

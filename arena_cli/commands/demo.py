@@ -10,6 +10,8 @@ from arena_flywheel.errors import UsageError
 
 from ..demo import FAST_PLAN, FULL_PLAN, Demo, DemoPlan, print_table
 
+MIN_TIMEOUT_S = 30.0  # a phase (a generation round, a judge round, a training run) takes longer than this
+
 
 def add_arguments(p):
     p.add_argument("--fast", action="store_true", help="a smaller run (used by the test suite)")
@@ -21,11 +23,15 @@ def add_arguments(p):
                                                      "(default: $ARENA_ZOO_CACHE or ~/.cache/arena-flywheel/zoo)")
     p.add_argument("--stages", help="training stages per iteration, comma-separated (e.g. sft,dpo)")
     p.add_argument("--no-live", action="store_true", help="no live terminal table (plain progress lines)")
-    p.add_argument("--timeout", type=float, default=900, help="give up when a phase waits longer (seconds)")
+    p.add_argument("--timeout", type=float, default=900,
+                   help=f"give up when a phase waits longer (seconds, at least {MIN_TIMEOUT_S:.0f}; default 900)")
 
 
 def _plan(args) -> DemoPlan:
     plan = FAST_PLAN if args.fast else FULL_PLAN
+    if not args.timeout >= MIN_TIMEOUT_S:  # also refuses nan
+        raise UsageError(f"--timeout must be at least {MIN_TIMEOUT_S:.0f} seconds (a phase waits for a whole "
+                         f"generation, judging or training round), e.g. --timeout 900; got {args.timeout:g}")
     over = {}
     if args.iterations is not None:
         if args.iterations < 1:

@@ -11,7 +11,7 @@ import sqlalchemy as sa
 
 from arena_flywheel.config import Config
 from arena_flywheel.errors import UsageError
-from arena_flywheel.store import LedgerStore, has_column, kind_of
+from arena_flywheel.store import has_column, kind_of, open_ledger
 
 
 
@@ -49,10 +49,7 @@ def run(args, cfg: Config) -> int:
         kind = kind_of(args.what)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    try:
-        store = LedgerStore(url, create=False)
-    except FileNotFoundError:
-        raise UsageError(f"{url}: no such ledger; feed something first (arena feed FILE) or pass --db URL") from None
+    store = open_ledger(url)  # a missing ledger is an InputError; it is never created here
     try:
         if kind == "failure" and args.latest:
             payloads = [f.to_wire() for f in store.failures(split=args.split)]
@@ -67,8 +64,12 @@ def run(args, cfg: Config) -> int:
     finally:
         store.close()
     if args.out:
-        with open(args.out, "w", encoding="utf-8", newline="") as f:
-            write_export(payloads, args.format, f)
+        try:
+            with open(args.out, "w", encoding="utf-8", newline="") as f:
+                write_export(payloads, args.format, f)
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot write ({exc.strerror or exc}); "
+                             f"pick a file in an existing, writable directory") from None
         print(f"arena export: {len(payloads)} {kind} events -> {args.out}", file=sys.stderr)
     else:
         buf = io.StringIO()

@@ -8,7 +8,7 @@ from rich.console import Console
 from rich.live import Live
 
 from arena_flywheel.config import Config
-from arena_flywheel.errors import UsageError
+from arena_flywheel.errors import ArenaError, UsageError
 
 from ..watch import Snapshot, from_ledger, from_url, render
 
@@ -26,9 +26,13 @@ def run(args, cfg: Config) -> int:
     if args.interval <= 0:
         raise UsageError("--interval must be positive, e.g. --interval 1")
 
-    def snap() -> Snapshot:
+    def snap(first: bool = False) -> Snapshot:
         try:
             return from_url(args.url) if args.url else from_ledger(cfg, args.split)
+        except ArenaError as exc:  # e.g. no such ledger (a mistyped URL): said once, in its own words
+            if args.once or first:
+                raise
+            return Snapshot(rows=[], source=f"unavailable: {exc}")
         except Exception as exc:  # noqa: BLE001 - a watcher keeps watching through a restart
             if args.once:
                 where = args.url or cfg.db.url
@@ -37,13 +41,13 @@ def run(args, cfg: Config) -> int:
 
     console = Console()
     if args.once:
-        s = snap()
+        s = snap(first=True)
         if args.json:
             print(json.dumps(s.__dict__, indent=2, default=str))
         else:
             console.print(render(s))
         return 0
-    first = snap()
+    first = snap(first=True)
     start = {r["model"]: r["rating"] for r in first.rows}
     prev = (first.verdicts, time.monotonic())
     try:

@@ -72,10 +72,15 @@ class JudgeHealth:
             self.decided_verdicts += 1
             self.longer_wins += (v.winner == "model_a") == (len_a > len_b)
 
-    def rates(self) -> dict[str, float]:
-        """The summary without the counts: what the dashboard and `arena watch` show (a rate with nothing
-        measured, None, is left out)."""
-        return {k: v for k, v in self.summary().items() if k.endswith("_rate") and v is not None}
+    def rates(self) -> dict[str, float | None]:
+        """The summary without the counts: what the dashboard and `arena watch` show. A rate with nothing
+        measured is None (shown as "n/a"), never 0: e.g. the longer-answer win rate when no verdict came
+        with answer lengths. The injection rate appears only when the probe ran."""
+        measured = {"invalid_rate": self.verdicts, "position_flip_rate": self.paired,
+                    "single_game_rate": self.verdicts - self.invalid,
+                    "first_position_win_rate": self.decided_games, "longer_answer_win_rate": self.decided_verdicts}
+        return {k: (v if measured.get(k, 1) else None) for k, v in self.summary().items()
+                if k.endswith("_rate") and (v is not None or k in measured)}
 
     def summary(self) -> dict[str, float | int | None]:
         def rate(n, d):
