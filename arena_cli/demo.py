@@ -38,7 +38,7 @@ from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.errors import ArenaError, InputError
 from arena_flywheel.events import Instruction, competitor_name
 from arena_flywheel.kafka import Publisher
-from arena_flywheel.ratings import BradleyTerry
+from arena_flywheel.ratings import BradleyTerry, PairCounts
 from arena_flywheel.store import LedgerStore
 from consumers.generate import GenerationPool
 from consumers.judge import JudgePool
@@ -180,25 +180,24 @@ def _write_toml(cfg: Config, path: Path) -> None:
 
 
 class LedgerView:
-    """What the demo asks of the ledger while it runs: progress, ratings, failures, the summary."""
+    """What the demo asks of the ledger while it runs: progress, ratings, the summary."""
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.store = LedgerStore(cfg.db.url)
 
-    def verdicts(self, split: str):
-        return self.store.events("verdict", split=split)
-
     def verdicts_of(self, competitor: str, split: str) -> int:
-        return sum(1 for v in self.verdicts(split) if competitor in (v.competitor_a, v.competitor_b))
+        # counted by the database: the demo polls this every second over thousands of verdicts
+        return sum(n for a, b, _, n in self.store.battle_counts(split) if competitor in (a, b))
 
     def answered(self, model: str, checkpoint: str, split: str = "eval") -> int:
-        return sum(1 for r in self.store.events("response", split=split)
-                   if r.model == model and r.checkpoint == checkpoint)
+        return len(self.store.payloads("response", split=split, model=model, checkpoint=checkpoint))
 
     def leaderboard(self, split: str = "eval") -> list:
-        return BradleyTerry.from_config(self.cfg.ratings).leaderboard_of_battles(
-            (v.competitor_a, v.competitor_b, v.winner) for v in self.verdicts(split))
+        counts = PairCounts()
+        for a, b, w, n in self.store.battle_counts(split):
+            counts.add(a, b, w, n=n)
+        return BradleyTerry.from_config(self.cfg.ratings).leaderboard(counts)
 
     def row(self, competitor: str) -> dict:
         for r in self.leaderboard():
@@ -206,9 +205,6 @@ class LedgerView:
                 return {"rating": r.rating, "lower": r.lower, "upper": r.upper, "rank": r.rank,
                         "battles": r.battles, "win_rate": r.win_rate}
         raise RuntimeError(f"{competitor} has no rated eval battles yet")
-
-    def failures(self, target: str, checkpoint: str):
-        return self.store.failures(target=target, checkpoint=checkpoint)
 
     def counts(self) -> dict[str, int]:
         return self.store.counts()

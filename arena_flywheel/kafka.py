@@ -221,23 +221,3 @@ def read_topic(cfg: Config, name: str, expect: type[Event] | None = None, timeou
 def read_checkpoints(cfg: Config, timeout_s: float = 10.0) -> list[Checkpoint]:
     """Every Checkpoint event on the checkpoints topic (one partition), in order."""
     return read_topic(cfg, "checkpoints", Checkpoint, timeout_s)
-
-
-def end_offsets(cfg: Config, topics: list[str]) -> dict:
-    """Latest offsets of every partition of `topics` (TopicPartition -> offset)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    c = KafkaConsumer(**client_kwargs(cfg), enable_auto_commit=False, client_id="arena-offsets")
-    try:
-        tps = []
-        for t in topics:
-            parts = None
-            deadline = time.monotonic() + 10
-            while not parts and time.monotonic() < deadline:
-                parts = c.partitions_for_topic(t)
-                if not parts:
-                    time.sleep(0.1)
-            tps += [TopicPartition(t, p) for p in sorted(parts or [])]
-        return c.end_offsets(tps) if tps else {}
-    finally:
-        c.close()

@@ -199,15 +199,23 @@ def _document(buf: bytes, name: str, lim: LimitsConfig, *, unwrap: Iterable[str]
     else:
         raise InputError(f"{name}: a JSON document must be a list of records, not {_type_name(data)}")
     for i, item in enumerate(items):
-        raw = json.dumps(item, ensure_ascii=False).encode("utf-8")
-        error = None
-        if len(raw) > lim.max_record_bytes:
-            error, raw = too_big(len(raw), lim), raw[:lim.dead_letter_excerpt_bytes]
-        elif depth(item) > lim.max_depth:
-            error = f"nested deeper than {lim.max_depth} levels"
-        elif objects_only and not isinstance(item, dict):
-            error = f"expected a JSON object, got {_type_name(item)}"
-        yield Record(f"{name}[{i}]", raw, None if error else item, error, file=name, index=i)
+        yield item_record(f"{name}[{i}]", item, lim, objects_only=objects_only, file=name, index=i)
+
+
+def item_record(source: str, item: Any, limits: Any = None, *, objects_only: bool = True, default=None,
+                file: str = "", line: int | None = None, index: int | None = None) -> Record:
+    """A record already parsed (an item of a JSON document, a Parquet or datasets row) checked against the
+    same limits as a parsed line: its size as JSON, its nesting, and (objects_only) that it is an object."""
+    lim = limits_of(limits)
+    raw = json.dumps(item, ensure_ascii=False, default=default).encode("utf-8")
+    error = None
+    if len(raw) > lim.max_record_bytes:
+        error, raw = too_big(len(raw), lim), raw[:lim.dead_letter_excerpt_bytes]
+    elif depth(item) > lim.max_depth:
+        error = f"nested deeper than {lim.max_depth} levels"
+    elif objects_only and not isinstance(item, dict):
+        error = f"expected a JSON object, got {_type_name(item)}"
+    return Record(source, raw, None if error else item, error, file=file, line=line, index=index)
 
 
 # ------------------------------------------------------------------------------------------- CSV

@@ -16,7 +16,6 @@ runs the SQL ledger in-process and drains it before exiting; with an external br
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -26,8 +25,7 @@ from typing import Any, Iterable, Iterator
 from arena_flywheel.config import Config, LimitsConfig
 from arena_flywheel.errors import InputError
 from arena_flywheel.events import BadEvent, Instruction, validate
-from arena_flywheel.records import Record, json_record, limits_of, read_records, too_big
-from arena_flywheel.safejson import depth
+from arena_flywheel.records import Record, item_record, json_record, limits_of, read_records
 
 log = logging.getLogger(__name__)
 
@@ -152,14 +150,7 @@ def to_instruction(d: Any, *, split: str, source: str, max_chars: int) -> Instru
 def _rows(name: str, rows: Iterable[dict], lim: LimitsConfig) -> Iterator[Record]:
     """Rows of Parquet and datasets directories, within the same record limits as the files."""
     for n, row in enumerate(rows, 1):
-        raw = json.dumps(row, ensure_ascii=False, default=str).encode("utf-8")
-        if len(raw) > lim.max_record_bytes:
-            yield Record(f"{name}:{n}", raw[:lim.dead_letter_excerpt_bytes], error=too_big(len(raw), lim), file=name,
-                         line=n)
-        elif depth(row) > lim.max_depth:
-            yield Record(f"{name}:{n}", raw, error=f"nested deeper than {lim.max_depth} levels", file=name, line=n)
-        else:
-            yield Record(f"{name}:{n}", raw, row, file=name, line=n)
+        yield item_record(f"{name}:{n}", row, lim, default=str, file=name, line=n)
 
 
 def _plain(v: Any) -> Any:

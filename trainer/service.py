@@ -46,10 +46,6 @@ def group_id(cfg: Config) -> str:
     return f"{cfg.kafka.topic_prefix}trainer"
 
 
-def threshold_for(cfg: Config, iteration: int) -> float:
-    return cfg.threshold_for(iteration)
-
-
 @dataclass
 class TargetState:
     name: str
