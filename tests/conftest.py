@@ -14,16 +14,18 @@ from arena_flywheel.config import load_config
 from arena_flywheel.kafka import ensure_topics
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+CARRIED_DATA = ROOT / "tests" / "data"  # small real-data subsets carried by the repository (tests/data/README.md)
+SHARED_DATA = ROOT.parent / "shared" / "data"  # the full sets beside a development checkout
 _counter = itertools.count()
 
 
 def shared_data(rel: str) -> Path:
-    """Path into ../shared/data, skipping the test cleanly when it is absent (a user's fresh clone)."""
-    p = SHARED_DATA / rel
-    if not p.exists():
-        pytest.skip(f"../shared/data/{rel} not present (real evaluation data is only beside the dev checkout)")
-    return p
+    """Path to a real evaluation data file: tests/data first (so a fresh clone runs every test), then
+    ../shared/data; skips the test cleanly when neither has it."""
+    for base in (CARRIED_DATA, SHARED_DATA):
+        if (base / rel).exists():
+            return base / rel
+    pytest.skip(f"{rel} is neither in tests/data nor in ../shared/data")
 
 
 @pytest.fixture(scope="session")

@@ -93,3 +93,13 @@ def test_the_checker_sees_a_violation(tmp_path):
     f = tmp_path / "mod.py"
     f.write_text("def f():\n    from consumers.ledger import Ledger\n    return Ledger\n")
     assert list(_imports(f)) == [("consumers.ledger", ["Ledger"], True, 2)]
+
+
+def test_carried_test_data_stays_under_two_megabytes():
+    """tests/data holds small real-data subsets so a fresh clone skips nothing; the project caps it at 2 MB."""
+    data = Path(__file__).resolve().parent / "data"
+    total = sum(p.stat().st_size for p in data.rglob("*") if p.is_file())
+    assert 0 < total < 2_000_000, f"tests/data is {total:,} bytes"
+    listed = (data / "README.md").read_text()
+    for top in {p.relative_to(data).parts[0] for p in data.iterdir() if p.name != "README.md"}:
+        assert f"`{top}/" in listed, f"tests/data/{top} has no source/licence line in tests/data/README.md"
