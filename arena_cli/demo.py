@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -38,7 +39,6 @@ from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.errors import ArenaError, InputError
 from arena_flywheel.events import Instruction, competitor_name
 from arena_flywheel.kafka import Publisher
-from arena_flywheel.ratings import BradleyTerry, PairCounts
 from arena_flywheel.store import LedgerStore
 from consumers.generate import GenerationPool
 from consumers.judge import JudgePool
@@ -46,6 +46,7 @@ from consumers.ledger import Ledger
 from producers import tasks
 from trainer.service import TrainerService
 
+from .iterations import anchored_board, describe_anchor
 from .report import write_report
 from .watch import from_ledger, render
 from .zoo import DEMO, build_zoo
@@ -180,11 +181,15 @@ def _write_toml(cfg: Config, path: Path) -> None:
 
 
 class LedgerView:
-    """What the demo asks of the ledger while it runs: progress, ratings, the summary."""
+    """What the demo asks of the ledger while it runs: progress, ratings, the summary. Ratings are the
+    iteration table's anchored fit (arena_cli/iterations.py), so the demo's table and `arena iterations`
+    on the same ledger print the same numbers."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, trained: set[str] = frozenset({"target"})):
         self.cfg = cfg
+        self.trained = set(trained)
         self.store = LedgerStore(cfg.db.url)
+        self.anchor: str | None = None
 
     def verdicts_of(self, competitor: str, split: str) -> int:
         # counted by the database: the demo polls this every second over thousands of verdicts
@@ -194,13 +199,11 @@ class LedgerView:
         return len(self.store.payloads("response", split=split, model=model, checkpoint=checkpoint))
 
     def leaderboard(self, split: str = "eval") -> list:
-        counts = PairCounts()
-        for a, b, w, n in self.store.battle_counts(split):
-            counts.add(a, b, w, n=n)
-        return BradleyTerry.from_config(self.cfg.ratings).leaderboard(counts)
+        board, self.anchor, _ = anchored_board(self.cfg, self.store, split, self.trained)
+        return sorted(board.values(), key=lambda r: r.rank)
 
-    def row(self, competitor: str) -> dict:
-        for r in self.leaderboard():
+    def row(self, competitor: str, board: list | None = None) -> dict:
+        for r in board if board is not None else self.leaderboard():
             if r.model == competitor:
                 return {"rating": r.rating, "lower": r.lower, "upper": r.upper, "rank": r.rank,
                         "battles": r.battles, "win_rate": r.win_rate}
@@ -425,6 +428,10 @@ class Demo:
     def summary(self, view: LedgerView) -> dict:
         counts = view.counts()
         board = view.leaderboard()
+        # The table is the final ledger's fit, as `arena iterations` computes it: the lines printed during
+        # the run rated each checkpoint with the verdicts there were then.
+        for r in self.rows:
+            r.update(view.row(r["competitor"], board))
         plots = str(write_report(view.cfg, self.data_dir / "report"))
         first, last = self.rows[0], self.rows[-1]
         return {
@@ -437,14 +444,27 @@ class Demo:
             "failures_used": {str(k): v for k, v in self.failures_used.items()},
             "leaderboard": [r.__dict__ for r in board],
             "ledger": view.cfg.db.url,
+            "anchor": list(view.anchor) if isinstance(view.anchor, tuple) else view.anchor,
+            "anchor_rating": view.cfg.ratings.anchor_rating,
+            "next": follow_up_commands(view.cfg.db.url, self.data_dir / "report"),
             "report": plots,
             "elapsed_s": round(time.monotonic() - self.t0, 1),
         }
 
 
+def follow_up_commands(db_url: str, report_dir: Path) -> list[str]:
+    """What to run after the demo: its broker is gone, its ledger stays (and is not ./arena-data's default)."""
+    db = shlex.quote(db_url)
+    return [f"arena watch --once --db {db}", f"arena iterations --db {db}",
+            f"arena leaderboard --from-ledger --db {db}", f"arena dashboard --db {db}",
+            f"arena report --db {db} --out {shlex.quote(str(report_dir))}",
+            f"arena export --db {db} --what verdicts --out verdicts.jsonl"]
+
+
 def print_table(console, summary: dict) -> None:
-    t = Table(title="the target's rating per round (eval split, 95% bootstrap CI; new = failures selected, "
-                    "trained = examples trained on)", title_justify="left")
+    pinned = describe_anchor(summary.get("anchor"), summary.get("anchor_rating", 1000.0))
+    t = Table(title="the target's rating per round (eval split, 95% bootstrap CI, final ledger, "
+                    f"{pinned}; new = failures selected, trained = examples trained on)", title_justify="left")
     for col in ("iter", "stage", "checkpoint", "rating", "95% CI", "battles", "new", "trained"):
         t.add_column(col, justify="left" if col in ("checkpoint", "stage") else "right", no_wrap=True)
     for r in summary["iterations"]:
@@ -455,3 +475,7 @@ def print_table(console, summary: dict) -> None:
     ev = ", ".join(f"{k} {v}" for k, v in summary["events"].items())
     console.print(f"events: {ev}")
     console.print(f"ledger: {summary['ledger']}" + (f"; plots and tables: {summary['report']}" if summary["report"] else ""))
+    console.print("next (the broker is gone, the ledger stays; from a clone, ./arena instead of arena):",
+                  highlight=False)
+    for cmd in summary.get("next", []):
+        console.print(f"  {cmd}", highlight=False, soft_wrap=True)

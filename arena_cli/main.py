@@ -12,6 +12,7 @@ import importlib
 import logging
 import sys
 
+from arena_flywheel.broker import local_broker
 from arena_flywheel.config import load_config
 from arena_flywheel.errors import ArenaError
 
@@ -36,6 +37,10 @@ COMMANDS: dict[str, str] = {
     "testset": "build WizardArena offline test sets",
     "consistency": "compare a benchmark leaderboard with a human arena",
 }
+
+
+# Commands that start their own broker whatever runs beside them (an isolated, reproducible run).
+RUNS_ITS_OWN_BROKER = {"demo", "broker", "ablation"}
 
 
 def command_module(name: str):
@@ -82,6 +87,13 @@ def main(argv: list[str] | None = None) -> int:
     _logging(args.verbose)
     try:
         cfg = load_config(args.config)
+        if getattr(args, "db", None):  # every command with --db reads and writes that ledger
+            cfg.db.url = args.db
+        if not cfg.kafka.bootstrap_servers and args.command not in RUNS_ITS_OWN_BROKER:
+            found = local_broker(cfg.data_dir)  # the one `arena broker` runs for this directory, if any
+            if found:
+                logging.getLogger("arena").info("using the broker `arena broker` registered: %s", found)
+                cfg.kafka.bootstrap_servers = found
         return int(args._target.run(args, cfg) or 0)
     except ArenaError as exc:
         print(f"arena {args.command}: {exc}", file=sys.stderr)

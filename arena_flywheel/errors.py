@@ -25,8 +25,9 @@ class BrokerError(ArenaError, RuntimeError):
 def need_broker(cfg, what: str, hint: str = "") -> None:
     """Refuse to run a service that needs a broker when none is configured."""
     if not cfg.kafka.bootstrap_servers:
-        raise BrokerError(f"{what} needs a running broker: export KAFKA_BOOTSTRAP_SERVERS=host:port (the address "
-                          f"`arena broker` prints), or set kafka.bootstrap_servers in arena.toml{hint}")
+        raise BrokerError(f"{what} needs a running broker: start one with `arena broker` in this directory "
+                          f"(commands run here find it), or export KAFKA_BOOTSTRAP_SERVERS=host:port, or set "
+                          f"kafka.bootstrap_servers in arena.toml{hint}")
 
 
 class UsageError(InputError):

@@ -215,17 +215,30 @@ def _score_games(W: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return S, S + S.swapaxes(-1, -2)
 
 
-def _to_ratings(theta: np.ndarray, models: list[str], *, scale: float, base: float, init: float,
-                anchor: str | None, anchor_rating: float | None) -> np.ndarray:
-    """Natural-log strengths -> ratings: centred on init, or the anchor pinned to anchor_rating."""
-    r = theta * (scale / math.log(base))
-    if anchor is not None and anchor not in models:
+def _anchor_weights(anchor: str | tuple[str, ...] | None, models: list[str]) -> np.ndarray | None:
+    """Weights w with sum 1 such that w . ratings is pinned: one model, or the mean of several (a group of
+    fixed opponents, steadier than any one of them); None to centre on the mean of all models."""
+    names = (anchor,) if isinstance(anchor, str) else tuple(anchor or ())
+    present = [m for m in names if m in models]
+    if names and len(present) < len(names):
         # A configured anchor can be absent early in a live arena; a leaderboard beats a crash.
-        _log.warning("anchor model %r has no battles yet: ratings centred on %g instead", anchor, init)
-        anchor = None
-    if anchor is not None:
-        i = models.index(anchor)
-        return r - r[..., i: i + 1] + (init if anchor_rating is None else anchor_rating)
+        _log.warning("anchor %s has no battles yet: %s", ", ".join(m for m in names if m not in models),
+                     "pinning the others" if present else "ratings centred instead")
+    if not present:
+        return None
+    w = np.zeros(len(models))
+    w[[models.index(m) for m in present]] = 1.0 / len(present)
+    return w
+
+
+def _to_ratings(theta: np.ndarray, models: list[str], *, scale: float, base: float, init: float,
+                anchor: str | tuple[str, ...] | None, anchor_rating: float | None) -> np.ndarray:
+    """Natural-log strengths -> ratings: centred on init, or the anchor (one model or the mean of several)
+    pinned to anchor_rating."""
+    r = theta * (scale / math.log(base))
+    w = _anchor_weights(anchor, models)
+    if w is not None:
+        return r - (r @ w)[..., None] + (init if anchor_rating is None else anchor_rating)
     return r - r.mean(axis=-1, keepdims=True) + init
 
 
@@ -532,7 +545,7 @@ class _Parametrisation:
     scale: float = 400.0
     base: float = 10.0
     init: float = 1000.0
-    anchor: str | None = None
+    anchor: str | tuple[str, ...] | None = None  # one model, or several whose mean is pinned
     anchor_rating: float | None = None
 
     @classmethod
@@ -623,9 +636,9 @@ class BradleyTerry(_Parametrisation):
         with _one_blas_thread():
             Hi = np.linalg.inv(H)
             C = Hi @ J @ Hi
-        if self.anchor is not None and self.anchor in counts.index:
-            a = counts.index[self.anchor]
-            var = np.diag(C) + C[a, a] - 2 * C[:, a]
+        w = _anchor_weights(self.anchor, models)
+        if w is not None:  # var(r_m - w.r) = C_mm - 2 (C w)_m + w'Cw
+            var = np.diag(C) - 2 * (C @ w) + w @ C @ w
         else:
             Pc = np.eye(n) - 1.0 / n
             var = np.diag(Pc @ C @ Pc)

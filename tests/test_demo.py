@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -55,16 +56,31 @@ def test_demo_fast_improves_the_target(tmp_path):
     # The table was printed for a human too.
     assert "rating per round" in proc.stdout
 
+    # The follow-up commands the demo prints open its ledger (issue 22 item 8) ...
+    assert "next (the broker is gone" in proc.stdout
+    follow = {c.split()[1]: shlex.split(c)[1:] for c in s["next"]}
+    assert set(follow) >= {"watch", "iterations", "leaderboard", "dashboard", "report", "export"}
+    for cmd in s["next"]:
+        assert cmd in proc.stdout, cmd
+    cli = [sys.executable, "-m", "arena_cli"]
+    # ... and `arena iterations` prints the demo's own numbers (one anchored fit, issue 22 item 9)
+    it = subprocess.run(cli + follow["iterations"] + ["--json"], cwd=tmp_path, env=_env(), capture_output=True,
+                        text=True, timeout=120)
+    assert it.returncode == 0, it.stderr
+    table = json.loads(it.stdout)
+    assert "anchored: mean of" in table["note"] and s["anchor"] and "target" not in s["anchor"]
+    by_ckpt = {r["checkpoint"]: r for r in table["rows"]}
+    for r in its[1:]:
+        assert by_ckpt[r["checkpoint"]]["rating"] == pytest.approx(r["rating"], abs=1e-6), (r, by_ckpt)
     # `arena watch --once` over the demo's ledger shows the same checkpoints the summary rated.
-    cli = [sys.executable, "-m", "arena_cli", "--config", str(data_dir / "demo-arena.toml")]
-    w = subprocess.run(cli + ["watch", "--once", "--json"], cwd=tmp_path, env=_env(), capture_output=True,
+    w = subprocess.run(cli + follow["watch"] + ["--json"], cwd=tmp_path, env=_env(), capture_output=True,
                        text=True, timeout=120)
     assert w.returncode == 0, w.stderr
     snap = json.loads(w.stdout)
     models = {r["model"] for r in snap["rows"]}
     assert {"target", f"target@{last['checkpoint']}", "ace"} <= models, models
     assert snap["verdicts"] > 0 and set(snap["health"]) >= {"invalid_rate", "position_flip_rate"}
-    text = subprocess.run(cli + ["watch", "--once"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
+    text = subprocess.run(cli + follow["watch"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=120).stdout
     assert last["checkpoint"] in text and "95% CI" in text and "judge:" in text
 

@@ -218,6 +218,29 @@ def test_anchor_pins_a_model_and_keeps_differences():
     assert anchor_row.lower == pytest.approx(1114.0) and anchor_row.upper == pytest.approx(1114.0)
 
 
+def test_a_group_anchor_pins_the_mean_of_its_models():
+    """anchor=(a, b): the mean of a and b is pinned (iteration tables pin the fixed opponents' mean), the
+    differences stay the free fit's, and the CIs are those of r_m - mean(r_a, r_b) per replicate/sandwich."""
+    rows = simulate(STRENGTH, 400, seed=2)
+    c = PairCounts.from_battles(rows)
+    free = BT.fit(c)
+    group = BradleyTerry(anchor=("c", "d"), anchor_rating=1114.0)
+    pinned = group.fit(c)
+    assert (pinned["c"] + pinned["d"]) / 2 == pytest.approx(1114.0)
+    assert all(abs((pinned[m] - pinned["c"]) - (free[m] - free["c"])) < 1e-9 for m in free)
+    for ci in ("bootstrap", "sandwich"):
+        board = {r.model: r for r in group.leaderboard(c, ci=ci, rounds=50)}
+        # c - mean(c, d) = (c - d) / 2 = -(d - mean(c, d)): mirror images, so exactly equal widths
+        assert board["c"].upper - board["c"].lower == pytest.approx(board["d"].upper - board["d"].lower)
+        assert board["c"].upper - board["c"].lower > 0
+        assert all(r.lower <= r.rating <= r.upper for r in board.values())
+    assert BradleyTerry(anchor=("c",), anchor_rating=1114.0).fit(c) == pytest.approx(
+        BradleyTerry(anchor="c", anchor_rating=1114.0).fit(c))
+    # a member without battles is left out of the mean; none present: centred
+    assert BradleyTerry(anchor=("c", "ghost"), anchor_rating=1114.0).fit(c)["c"] == pytest.approx(1114.0)
+    assert BradleyTerry(anchor=("ghost",)).fit(c) == pytest.approx(free)
+
+
 def test_undefeated_and_winless_models_stay_finite_and_ordered():
     c = PairCounts()
     c.add("champ", "mid", "model_a", n=5)

@@ -91,3 +91,106 @@ def test_report_on_an_existing_ledger_still_works(env, monkeypatch, capsys):
     _ledger(env, monkeypatch)
     assert main(["report", "--out", "rep"]) == 0
     assert (env / "rep" / "leaderboard.md").exists()
+
+
+# --- defect 8: --db on the read-only commands; defect 9: anchored iteration tables -------------------
+def _arena_ledger(path, with_it2: bool = False):
+    """A demo-shaped ledger: target and its checkpoints battle three fixed opponents (target-vs-all)."""
+    import random
+
+    from arena_flywheel.events import Checkpoint
+    from tests.test_stream import verdict
+
+    rng = random.Random(7)
+    strength = {"target": 0.30, "target@it1-sft": 0.55, "target@it2-sft": 0.85}
+    edge = {"ace": 0.0, "bob": 0.15, "cid": -0.15}  # ace is the middle opponent
+    comps = ["target", "target@it1-sft"] + (["target@it2-sft"] if with_it2 else [])
+    events = [Checkpoint(model="target", checkpoint="it1-sft", path="/ck/1", iteration=1, stage="sft",
+                         parent="base")]
+    if with_it2:
+        events.append(Checkpoint(model="target", checkpoint="it2-sft", path="/ck/2", iteration=2, stage="sft",
+                                 parent="it1-sft"))
+    for c in comps:
+        for o, e in edge.items():
+            for i in range(60):
+                p = strength[c] - e
+                events.append(verdict(f"ins-{c}-{o}-{i}", c, o, "model_a" if rng.random() < p else "model_b"))
+    url = f"sqlite:///{path}"
+    with LedgerStore(url) as store:
+        store.write(events)
+    return url
+
+
+def test_read_only_commands_open_the_ledger_given_by_db(env, monkeypatch, capsys):
+    import json
+
+    monkeypatch.delenv("ARENA_DB_URL", raising=False)
+    (env / "elsewhere").mkdir()
+    url = _arena_ledger(env / "elsewhere" / "demo-ledger.db")
+    assert main(["watch", "--once", "--json", "--db", url]) == 0
+    snap = json.loads(capsys.readouterr().out)
+    assert {r["model"] for r in snap["rows"]} == {"target", "target@it1-sft", "ace", "bob", "cid"}
+    assert main(["iterations", "--json", "--db", url]) == 0
+    rows = json.loads(capsys.readouterr().out)["rows"]
+    assert [r["checkpoint"] for r in rows] == ["it1-sft"] and rows[0]["rating"] is not None
+    assert main(["report", "--db", url, "--out", "rep"]) == 0
+    assert "target@it1-sft" in (env / "rep" / "leaderboard.md").read_text()
+    assert not (env / "arena-data").exists()  # the default ledger was never touched
+
+
+def test_iteration_table_pins_a_fixed_opponent_so_old_checkpoints_keep_their_rating(env):
+    from arena_cli.iterations import iteration_rows, ledger_checkpoints
+    from arena_flywheel.config import load_config
+
+    cfg = load_config(None)
+    cfg.ratings.bootstrap_rounds = 20
+
+    def it1(path, with_it2):
+        cfg.db.url = _arena_ledger(path, with_it2)
+        rows, note = iteration_rows(cfg, ledger_checkpoints(cfg.db.url))
+        return next(r for r in rows if r["checkpoint"] == "it1-sft"), note
+
+    before, note = it1(env / "a.db", False)
+    after, _ = it1(env / "b.db", True)  # a much stronger checkpoint joins
+    # the fixed opponents' mean is pinned (pinning one of them, or centring, moves it1 by 15 or more here)
+    assert "anchored: mean of ace, bob, cid = 1000" in note
+    assert abs(after["rating"] - before["rating"]) < 3, (before, after)
+    assert after["vs_parent"] == pytest.approx(before["vs_parent"], abs=3)
+
+
+# --- defect 11: the services join the machine's `arena broker` without configuration -------------------
+@pytest.mark.slow
+def test_services_find_the_broker_arena_broker_runs_here(env, monkeypatch, capsys):
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from arena_flywheel.broker import local_broker
+
+    # no broker yet: a service says how to get one, in one line
+    err = _one_line_error(capsys, ["checkpoint", "list"], "checkpoint")
+    assert "arena broker" in err
+    proc = subprocess.Popen([sys.executable, "-m", "arena_cli", "broker", "--port", "0"], cwd=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        reg = env / "arena-data" / "broker.json"
+        deadline = time.monotonic() + 60
+        while local_broker(env / "arena-data") is None:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else "slow"
+            time.sleep(0.2)
+        bootstrap = json.loads(reg.read_text())["bootstrap"]
+        (env / "ck").mkdir()
+        assert main(["checkpoint", "add", "--model", "target", "--path", str(env / "ck"), "--name", "it1-sft"]) == 0
+        capsys.readouterr()
+        assert main(["checkpoint", "list"]) == 0  # a second process-level command: same broker, same topic
+        assert "it1-sft" in capsys.readouterr().out
+        assert bootstrap.startswith("127.0.0.1:")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    assert not reg.exists()  # unregistered on exit
+    # a registration left by a killed broker is stale: ignored
+    reg.write_text(json.dumps({"bootstrap": bootstrap, "pid": proc.pid}))
+    assert local_broker(env / "arena-data") is None
+    _one_line_error(capsys, ["checkpoint", "list"], "checkpoint")

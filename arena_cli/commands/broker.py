@@ -4,7 +4,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from arena_flywheel.broker import EmbeddedBroker, kafka_for
+from arena_flywheel.broker import EmbeddedBroker, kafka_for, registered
 
 
 
@@ -21,14 +21,15 @@ def run(args, cfg):
             cfg.kafka.bootstrap_servers = broker.bootstrap
             with kafka_for(cfg):
                 pass
-        print(f"Tansu broker listening on {broker.bootstrap}. "
-              f"Use: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}   (Ctrl-C stops; topics live in memory)",
-              flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
-        try:
-            while not stop.wait(1) and broker.proc and broker.proc.poll() is None:
+        with registered(cfg.data_dir, broker.bootstrap) as reg:
+            print(f"Tansu broker listening on {broker.bootstrap}. `arena` commands run from this directory use "
+                  f"it (registered in {reg}); elsewhere: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}   "
+                  f"(Ctrl-C stops; topics live in memory)", flush=True)
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            try:
+                while not stop.wait(1) and broker.proc and broker.proc.poll() is None:
+                    pass
+            except KeyboardInterrupt:
                 pass
-        except KeyboardInterrupt:
-            pass
     return 0

@@ -3,58 +3,13 @@ rating vs its parent, the paper's Table 5 shape); `--pairs`: where the DPO pairs
 from __future__ import annotations
 
 import json
-import logging
 
 from arena_flywheel.config import Config
 from arena_flywheel.errors import need_broker
-from arena_flywheel.events import Checkpoint, competitor_name
+from arena_flywheel.events import Checkpoint
 from arena_flywheel.kafka import read_checkpoints
-from arena_flywheel.ratings import BradleyTerry
-from arena_flywheel.store import LedgerStore, open_ledger
 
-log = logging.getLogger(__name__)
-
-
-def iteration_rows(cfg: Config, checkpoints: list[Checkpoint], split: str = "eval") -> tuple[list[dict], str]:
-    """One row per checkpoint (failures used, train loss, rating/CI vs its parent when verdicts exist),
-    and a note saying where ratings came from or why there are none."""
-    ratings, note = {}, ""
-    try:
-        with open_ledger(cfg.db.url) as store:
-            triples = store.battles(split)
-        ratings = {r.model: r for r in BradleyTerry.from_config(cfg.ratings).leaderboard_of_battles(triples)}
-        note = f"ratings: BT over {len(triples)} {split} verdicts in {cfg.db.url}"
-    except Exception as exc:  # noqa: BLE001 - the table is still useful without ratings
-        note = f"no ratings: {exc}"
-
-    rows = []
-    for ck in checkpoints:
-        me, parent = ratings.get(competitor_name(ck.model, ck.checkpoint)), \
-            ratings.get(competitor_name(ck.model, ck.parent or "base"))
-        rows.append({"model": ck.model, "iteration": ck.iteration, "stage": ck.stage, "checkpoint": ck.checkpoint,
-                     "parent": ck.parent,
-                     "examples": ck.metrics.get("examples", ck.metrics.get("failures_used")),
-                     "train_loss": ck.metrics.get("train_loss"),
-                     "rating": me.rating if me else None, "lower": me.lower if me else None,
-                     "upper": me.upper if me else None,
-                     "vs_parent": (me.rating - parent.rating) if me and parent else None})
-    return rows, note
-
-
-def ledger_checkpoints(url: str) -> list[Checkpoint] | None:
-    """Checkpoint events from the ledger (the durable copy: Tansu keeps topics in memory only), or None
-    when there is no ledger to read (no such database)."""
-    try:
-        store = LedgerStore(url, create=False)
-    except (FileNotFoundError, ValueError):
-        return None
-    try:
-        return list(store.events("checkpoint"))
-    except Exception as exc:  # noqa: BLE001 - e.g. a ledger without a checkpoint table yet
-        log.debug("ledger checkpoints unreadable: %s", exc)
-        return None
-    finally:
-        store.close()
+from ..iterations import iteration_rows, ledger_checkpoints, pair_counts
 
 
 def add_arguments(p) -> None:
@@ -62,6 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.add_argument("--pairs", action="store_true", help="per dpo round, how many chosen and rejected answers "
                    "came from each battle model (the paper's Table 7)")
+    p.add_argument("--db", metavar="URL", help="ledger URL (default: db.url / $ARENA_DB_URL)")
     p.add_argument("--from-topic", action="store_true", help="read checkpoints from the checkpoints topic "
                    "(default: the ledger when it has any, else the topic)")
 
@@ -92,14 +48,6 @@ def run(args, cfg: Config) -> int:
         print("(no checkpoints yet)")
     print(note)
     return 0
-
-
-def pair_counts(checkpoints: list[Checkpoint]) -> list[dict]:
-    """Per dpo checkpoint: {checkpoint, iteration, chosen: {model: n}, rejected: {model: n}}."""
-    return [{"model": ck.model, "checkpoint": ck.checkpoint, "iteration": ck.iteration,
-             "chosen": dict((ck.metrics.get("pairs") or {}).get("chosen", {})),
-             "rejected": dict((ck.metrics.get("pairs") or {}).get("rejected", {}))}
-            for ck in checkpoints if ck.stage == "dpo"]
 
 
 def _print_pairs(checkpoints: list[Checkpoint], as_json: bool) -> int:

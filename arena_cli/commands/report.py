@@ -9,6 +9,7 @@ from ..report import write_report
 
 def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="directory for ratings.png, iterations.png, leaderboard.md/.csv")
+    p.add_argument("--db", metavar="URL", help="ledger URL (default: db.url / $ARENA_DB_URL)")
     p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (default eval)")
 
 

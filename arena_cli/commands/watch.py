@@ -17,6 +17,7 @@ from ..watch import Snapshot, from_ledger, from_url, render
 def add_arguments(p) -> None:
     p.add_argument("--url", help="Faust worker web address, e.g. http://127.0.0.1:6066 (default: read the ledger)")
     p.add_argument("--split", default="eval", choices=("eval", "train"), help="verdicts to rate (ledger source)")
+    p.add_argument("--db", metavar="URL", help="ledger URL (default: db.url / $ARENA_DB_URL)")
     p.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
     p.add_argument("--once", action="store_true", help="print the table once and exit")
     p.add_argument("--json", action="store_true", help="with --once: print the snapshot as JSON")
