@@ -13,6 +13,8 @@ from arena_flywheel.errors import UsageError, need_broker
 from consumers.backends import BackendError, create_backend
 from consumers.generate import GenerationPool, eval_group, train_group
 
+from ..progress import ServiceProgress, generate_line
+
 
 
 def add_arguments(p) -> None:
@@ -81,11 +83,14 @@ def run(args, cfg: Config) -> int:
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
         if threading.current_thread() is threading.main_thread() else None
-    pool = GenerationPool(cfg, comp, backend, log_every_s=args.stats_every)
+    progress = ServiceProgress(lambda: pool.stats(), generate_line, every_s=0)  # a live line on a terminal
+    # piped: the pool's own stats line every --stats-every seconds; on a terminal the live line replaces it
+    pool = GenerationPool(cfg, comp, backend, log_every_s=0 if progress.live else args.stats_every)
     print(f"generation pool {comp.name} ({comp.backend}: {comp.model}) on {cfg.kafka.bootstrap_servers}; "
           f"groups {train_group(cfg, comp.name)} / {eval_group(cfg, comp.name, '<checkpoint>')}", flush=True)
     try:
-        pool.run(stop, max_idle_s=args.max_idle)
+        with progress:
+            pool.run(stop, max_idle_s=args.max_idle)
     except KeyboardInterrupt:
         pass
     except BackendError as exc:
