@@ -419,6 +419,10 @@ class Verdict(Event):
     margin: Margin = Field(0.0, description="|score_a - score_b| after the policy's aggregation")
     policy: str = "score-sum"
     judge: JudgeInfo
+    # Characters of each side's answers, all turns, as the judge saw them: lets whoever reads only verdicts
+    # (the stream worker) measure the judge's longer-answer bias. None in verdicts from before they existed.
+    length_a: int | None = Field(None, ge=0)
+    length_b: int | None = Field(None, ge=0)
 
     def identity(self) -> tuple:
         return (self.battle_id, self.judge.judge_id, self.policy)

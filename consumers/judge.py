@@ -90,7 +90,8 @@ class JudgePool(Service):
                        model_a=battle.a.model, model_b=battle.b.model,
                        checkpoint_a=battle.a.checkpoint, checkpoint_b=battle.b.checkpoint,
                        games=games, score_a=sa, score_b=sb, winner=winner, margin=margin,
-                       policy=self.policy_name, judge=self._info(battle))
+                       policy=self.policy_name, judge=self._info(battle),
+                       length_a=sum(map(len, battle.a.answers)), length_b=sum(map(len, battle.b.answers)))
 
     def _info(self, battle: Battle) -> JudgeInfo:
         if len(self.infos) > 1:  # a reference-guided template for this battle
@@ -106,8 +107,7 @@ class JudgePool(Service):
             self.counts["battles"] += 1
             self.counts["verdicts"] += 1
             self.counts["invalid"] += v.winner == "invalid"
-            # the whole conversation's length: multi-turn battles are judged with every turn
-            self.health.add(v, sum(map(len, battle.a.answers)), sum(map(len, battle.b.answers)))
+            self.health.add(v)  # the verdict carries both answers' lengths (all turns)
         self._probe_injection(battles)
 
     def _probe_injection(self, battles: list[Battle]) -> None:

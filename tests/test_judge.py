@@ -619,3 +619,26 @@ def test_retries_of_unparseable_greedy_output_sample_with_a_new_seed(tiny_model)
     assert seen[1] == [(RETRY_TEMPERATURE, 2)] * 2 and seen[2] == [(RETRY_TEMPERATURE, 3)] * 2
     assert RETRY_TEMPERATURE > 0 and len(set(texts)) > 2  # sampled retries say something else
     assert retry_temperature(0.3, 2) == 0.3 and retry_temperature(0.0, 1) == 0.0
+
+
+def test_verdicts_carry_answer_lengths_so_the_stream_measures_the_longer_answer_rate(cfg):
+    """Issue 22 (2): the stream worker sees only verdicts; they now carry both sides' answer lengths (all
+    turns), so its health (JudgeHealth.add(v) without lengths, as streams/app.py calls it) has the rate."""
+    from arena_flywheel.events import Verdict, decode
+    from consumers.judge import JudgePool
+    from consumers.judging.health import JudgeHealth
+
+    pool = JudgePool(cfg)  # the reference judge
+    try:
+        short_right = _battle("42", "It is 6 times 7, which makes 41 in total.", "42")
+        long_right = _battle("The product of six and seven is 42.", "40", "42")
+        verdicts = pool.judge_many([short_right, long_right])
+    finally:
+        pool.close()
+    assert [(v.length_a, v.length_b) for v in verdicts] == [(2, len("It is 6 times 7, which makes 41 in total.")),
+                                                            (len("The product of six and seven is 42."), 2)]
+    assert [v.winner for v in verdicts] == ["model_a", "model_a"]
+    stream_health = JudgeHealth()
+    for v in verdicts:
+        stream_health.add(decode(v.encode(), Verdict))  # as the worker decodes it from the topic
+    assert stream_health.rates()["longer_answer_win_rate"] == 0.5

@@ -54,6 +54,9 @@ class JudgeHealth:
     injection: InjectionTally = field(default_factory=InjectionTally)  # filled only by the injection probe
 
     def add(self, v: Verdict, len_a: int | None = None, len_b: int | None = None) -> None:
+        """Count one verdict; answer lengths default to the ones the verdict carries."""
+        len_a = v.length_a if len_a is None else len_a
+        len_b = v.length_b if len_b is None else len_b
         self.verdicts += 1
         if v.winner == "invalid":
             self.invalid += 1
