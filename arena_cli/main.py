@@ -36,6 +36,7 @@ COMMANDS: dict[str, str] = {
     "iterations": "print the flywheel's iteration table",
     "testset": "build WizardArena offline test sets",
     "consistency": "compare a benchmark leaderboard with a human arena",
+    "dashboard": "serve the web dashboard from the ledger (after the stream has stopped)",
 }
 
 

@@ -1,24 +1,36 @@
-"""Live web dashboard on the Faust app's own web server (no CDN, no network: plain HTML + vanilla JS + SVG).
+"""Live web dashboard on the Faust app's own web server: one self-contained page (HTML, our script and
+plotly.js from the installed `plotly` wheel, inlined), so it needs no CDN and no network.
 
 install_dashboard(app, state) adds GET / (page), GET /api/state (JSON) and GET /api/events (long poll:
 ?since=VERSION answers as soon as the state's version differs, or after ~10 s with the same one).
 drop_builtin_routes(app) stops Faust from serving its built-in routes (/router/, /table/, ...) beside them.
 Long polling rather than SSE because a Faust page handler returns one response; it works through any proxy.
-DashboardState is the small in-memory model the stream feeds; its to_dict() is the `state` callable.
+The assets are inlined rather than served as files so the worker's routes stay exactly those three (and
+the page still works when saved to disk). DashboardState is the small in-memory model the stream feeds;
+its to_dict() is the `state` callable. streams/ledger_view.py serves the same page from the SQL ledger.
 """
 from __future__ import annotations
 
 import asyncio
+import functools
+import gzip
 import hashlib
 import json
+import re
 import time
 from collections import deque
+from pathlib import Path
 from typing import Any, Callable
+
+import plotly
 
 from arena_flywheel.events import competitor_name
 
+WEB = Path(__file__).with_name("web")
+SPLITS = ("eval", "train")
 MAX_FAILURES = 20
 MAX_HISTORY = 500
+MAX_CHECKPOINTS = 200
 
 
 def _get(obj: Any, name: str, default: Any = None) -> Any:
@@ -87,19 +99,29 @@ class DashboardState:
             f["judge_id"] = " ".join(x for x in (who, judge.get("template_id")) if x) or None
         self.failures.appendleft(f)
 
-    def add_checkpoint(self, model: str, checkpoint: str, iteration: int) -> None:
-        self.checkpoints.append({"model": model, "checkpoint": checkpoint, "iteration": iteration})
+    def add_checkpoint(self, model: str, checkpoint: str, iteration: int, stage: str | None = None,
+                       t: float | None = None) -> None:
+        """A checkpoint announced at `t` (default now: when this worker read it; the page marks it on the
+        rating-over-time chart). A redelivered announcement is kept once."""
+        if any(c["model"] == model and c["checkpoint"] == checkpoint for c in self.checkpoints):
+            return
+        self.checkpoints.append({"model": model, "checkpoint": checkpoint, "iteration": iteration,
+                                 "stage": stage or None, "t": time.time() if t is None else t})
+        del self.checkpoints[:-MAX_CHECKPOINTS]
 
     def _checkpoint_view(self, c: dict) -> dict:
         # ratings are keyed by competitor ("target@it1-sft"), not by the bare checkpoint name
         comp = competitor_name(c["model"], c["checkpoint"])
-        return {**c, "competitor": comp, "rating": self.elo.get(comp)}
+        row = next((r for r in self.leaderboard if r.get("model") == comp), {})
+        return {**c, "competitor": comp, "rating": self.elo.get(comp), "lower": row.get("lower"),
+                "upper": row.get("upper")}
 
     def set_health(self, health: dict) -> None:
         self.health = dict(health)
 
     def to_dict(self) -> dict:
         return {
+            "source": "stream", "split": "eval",  # the stream rates eval verdicts; both splits' heat maps
             "leaderboard": self.leaderboard, "elo": dict(self.elo), "history": self.history,
             "checkpoints": [self._checkpoint_view(c) for c in self.checkpoints],
             # the heat map beside the (eval) leaderboard: eval pairs; the train split apart
@@ -127,6 +149,42 @@ def drop_builtin_routes(app: Any) -> None:
     app.web.blueprints = BlueprintManager()
 
 
+@functools.cache
+def page(split: str | None = None) -> str:
+    """The page: streams/web/dashboard.html with plotly.min.js (from the installed wheel) and
+    streams/web/dashboard.js inlined; `split` preselects the split selector."""
+    plotly_js = (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+    app_js = (WEB / "dashboard.js").read_text(encoding="utf-8")
+
+    def inline(js: str) -> str:  # "</script" inside the code would end the element early
+        return "<script>" + re.sub(r"</(script)", r"<\\/\1", js, flags=re.IGNORECASE) + "</script>"
+
+    html = (WEB / "dashboard.html").read_text(encoding="utf-8")
+    if split is not None:
+        html = html.replace("<body>", f'<body data-split="{split}">', 1)
+    return html.replace("<!--PLOTLY-->", inline(plotly_js), 1).replace("<!--APP-->", inline(app_js), 1)
+
+
+@functools.cache
+def page_body(split: str | None = None) -> tuple[bytes, bytes, str]:
+    """(plain bytes, gzip bytes, ETag) of page(split), built once (4.8 MB, 1.5 MB gzipped with plotly 7.1)."""
+    raw = page(split).encode("utf-8")
+    return raw, gzip.compress(raw, 6, mtime=0), '"' + hashlib.sha1(raw).hexdigest()[:20] + '"'
+
+
+def page_response(headers: Any, split: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """(status, body, headers) for a GET of the page given the request's headers: gzip when the client
+    accepts it, 304 when it already holds this version (the page is big; the state comes by the API)."""
+    raw, packed, etag = page_body(split)
+    out = {"Content-Type": "text/html; charset=utf-8", "ETag": etag, "Cache-Control": "no-cache",
+           "Vary": "Accept-Encoding"}
+    if headers.get("If-None-Match") == etag:
+        return 304, b"", out
+    if "gzip" in headers.get("Accept-Encoding", ""):
+        return 200, packed, {**out, "Content-Encoding": "gzip"}
+    return 200, raw, out
+
+
 def install_dashboard(app: Any, state: Callable[[], dict], *, poll_s: float = 0.25, wait_s: float = 10.0) -> None:
     """Register /, /api/state and /api/events on the Faust app's web server (bound where the app binds it)."""
 
@@ -137,7 +195,8 @@ def install_dashboard(app: Any, state: Callable[[], dict], *, poll_s: float = 0.
 
     @app.page("/")
     async def index(web, request):
-        return web.html(PAGE)
+        status, body, headers = page_response(request.headers)
+        return web.bytes(body, status=status, headers=headers)
 
     @app.page("/api/state")
     async def api_state(web, request):
@@ -152,42 +211,3 @@ def install_dashboard(app: Any, state: Callable[[], dict], *, poll_s: float = 0.
             await asyncio.sleep(poll_s)
             d = snap()
         return web.json(d)
-
-
-PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>arena-flywheel</title>
-<style>body{font-family:sans-serif;margin:1em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}
-.fail{border:1px solid #c66;margin:4px;padding:4px}pre{white-space:pre-wrap;max-height:8em;overflow:auto}</style></head>
-<body><h1>arena-flywheel</h1><div id="meta"></div>
-<h2>Leaderboard</h2><table id="lb"><thead><tr><th>rank</th><th>model</th><th>rating</th><th>95% CI</th><th>battles</th><th>win rate</th></tr></thead><tbody></tbody></table>
-<h2>Rating over time</h2><svg id="hist" width="700" height="260"></svg>
-<h2>Checkpoints</h2><ul id="ckpt"></ul>
-<h2>Pairwise win rate (row beats column, valid verdicts only), split <select id="split" onchange="last&&render(last)"><option>eval</option><option>train</option></select></h2><table id="heat"></table>
-<h2>Judge health</h2><pre id="health"></pre>
-<h2>Recent failures</h2><div id="fails"></div>
-<script>
-function esc(s){return String(s==null?'':s).replace(/[&<>"]/g,c=>({'&':'&amp;','<':'&lt;','>':'&gt;','"':'&quot;'}[c]))}
-function f1(x){return x==null?'':Number(x).toFixed(1)}
-var last=null;
-function render(s){
- last=s;var sp=document.getElementById('split').value,pairs=(s.pairs_by_split||{})[sp]||[];
- document.getElementById('meta').textContent='verdicts: '+s.verdicts+' | updated '+new Date(s.generated_at*1000).toLocaleTimeString();
- document.querySelector('#lb tbody').innerHTML=s.leaderboard.map(r=>'<tr><td>'+esc(r.rank)+'</td><td>'+esc(r.model)+'</td><td>'+f1(r.rating)+'</td><td>'+f1(r.lower)+' .. '+f1(r.upper)+'</td><td>'+esc(r.battles)+'</td><td>'+(r.win_rate==null?'':(100*r.win_rate).toFixed(1)+'%')+'</td></tr>').join('');
- var svg=document.getElementById('hist'),pts=[],W=700,H=260,cols=['#1f77b4','#ff7f0e','#2ca02c','#d62728','#9467bd','#8c564b','#e377c2','#7f7f7f'];
- for(var m in s.history)s.history[m].forEach(p=>pts.push(p));
- var h='';if(pts.length){var t0=Math.min(...pts.map(p=>p[0])),t1=Math.max(...pts.map(p=>p[0]))||t0+1,y0=Math.min(...pts.map(p=>p[2])),y1=Math.max(...pts.map(p=>p[3]));if(t1==t0)t1=t0+1;if(y1==y0){y0-=1;y1+=1}
- var X=t=>40+(W-150)*(t-t0)/(t1-t0),Y=y=>H-20-(H-40)*(y-y0)/(y1-y0),i=0;
- h+='<text x="2" y="15" font-size="10">'+f1(y1)+'</text><text x="2" y="'+(H-20)+'" font-size="10">'+f1(y0)+'</text>';
- for(var m in s.history){var c=cols[i++%cols.length],ps=s.history[m];h+='<polyline fill="none" stroke="'+c+'" points="'+ps.map(p=>X(p[0])+','+Y(p[1])).join(' ')+'"/>'+ps.map(p=>'<circle r="2" fill="'+c+'" cx="'+X(p[0])+'" cy="'+Y(p[1])+'"/>').join('');var l=ps[ps.length-1];h+='<text x="'+(X(l[0])+4)+'" y="'+Y(l[1])+'" font-size="11" fill="'+c+'">'+esc(m)+'</text>'}}
- svg.innerHTML=h;
- document.getElementById('ckpt').innerHTML=s.checkpoints.map(c=>'<li>'+esc(c.model)+' iteration '+esc(c.iteration)+': '+esc(c.competitor||c.checkpoint)+(c.rating!=null?' (rating '+f1(c.rating)+')':' (not rated yet)')+'</li>').join('');
- var ms=[...new Set(pairs.flatMap(p=>[p.a,p.b]))].sort(),cell={};
- pairs.forEach(p=>{var n=p.a_wins+p.ties+p.b_wins;cell[p.a+'|'+p.b]=[(p.a_wins+p.ties/2)/n,n];cell[p.b+'|'+p.a]=[(p.b_wins+p.ties/2)/n,n]});
- document.getElementById('heat').innerHTML='<tr><th></th>'+ms.map(m=>'<th>'+esc(m)+'</th>').join('')+'</tr>'+ms.map(r=>'<tr><th>'+esc(r)+'</th>'+ms.map(c=>{var v=cell[r+'|'+c];if(!v)return'<td></td>';var g=Math.round(255*v[0]),b='rgb('+(255-g)+','+g+',120)';return'<td style="background:'+b+'" title="'+v[1]+' battles">'+(100*v[0]).toFixed(0)+'% ('+v[1]+')</td>'}).join('')+'</tr>').join('');
- document.getElementById('health').textContent=Object.keys(s.health).map(k=>k.replace(/_/g,' ')+': '+(s.health[k]==null?'n/a':(100*s.health[k]).toFixed(1)+'%')).join('\\n')||'n/a';
- document.getElementById('fails').innerHTML=s.failures.map(f=>'<div class="fail"><b>'+esc(f.instruction_id||f.id)+'</b> '+esc(f.loser||f.target||'')+' lost to '+esc(f.winner_model||'')+' (margin '+(f.margin==null?'n/a':esc(Number(f.margin).toFixed(2)))+')<pre>'+esc((f.messages||[]).map(m=>m.role+': '+m.content).join('\\n'))+'</pre>'+(f.reference?'<b>reference</b><pre>'+esc(f.reference)+'</pre>':'')+'<b>'+esc(f.loser||'target')+'</b><pre>'+esc((f.target_answers||[]).join('\\n---\\n'))+'</pre><b>'+esc(f.winner_model||'winner')+'</b><pre>'+esc((f.winner_answers||[]).join('\\n---\\n'))+'</pre>'+(f.judge_id?'<b>judge</b> '+esc(f.judge_id):'')+'</div>').join('');
-}
-var ver='';
-async function loop(){for(;;){try{var r=await fetch('/api/events?since='+ver);var s=await r.json();ver=s.version;render(s)}catch(e){await new Promise(r=>setTimeout(r,1000))}}}
-loop();
-</script></body></html>
-"""

@@ -194,3 +194,14 @@ def test_services_find_the_broker_arena_broker_runs_here(env, monkeypatch, capsy
     reg.write_text(json.dumps({"bootstrap": bootstrap, "pid": proc.pid}))
     assert local_broker(env / "arena-data") is None
     _one_line_error(capsys, ["checkpoint", "list"], "checkpoint")
+
+
+# --- defect 10: --split takes the same values everywhere ------------------------------------------------
+@pytest.mark.parametrize("command", ["watch", "report", "iterations", "export", "dashboard", "feed"])
+def test_every_split_flag_takes_eval_or_train(command):
+    from arena_cli.main import build_parser
+
+    parser = build_parser(command)
+    sub = next(a for a in parser._actions if a.dest == "command").choices[command]
+    split = next(a for a in sub._actions if "--split" in a.option_strings)
+    assert set(split.choices) == {"eval", "train"}, command

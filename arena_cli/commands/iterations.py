@@ -13,7 +13,8 @@ from ..iterations import iteration_rows, ledger_checkpoints, pair_counts
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--split", default="eval", help="verdict split the ratings come from (default eval)")
+    p.add_argument("--split", default="eval", choices=("eval", "train"),
+                   help="verdict split the ratings come from (default eval)")
     p.add_argument("--json", action="store_true", help="JSON rows instead of a table")
     p.add_argument("--pairs", action="store_true", help="per dpo round, how many chosen and rejected answers "
                    "came from each battle model (the paper's Table 7)")
