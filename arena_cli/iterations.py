@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from arena_flywheel.config import Config
 from arena_flywheel.events import Checkpoint, competitor_name
-from arena_flywheel.ratings import BradleyTerry, PairCounts
+from arena_flywheel.ratings import BradleyTerry, PairCounts, fixed_opponents
 from arena_flywheel.store import LedgerStore, open_ledger
 
 log = logging.getLogger(__name__)
@@ -29,8 +29,7 @@ def default_anchor(cfg: Config, rated: list[str], trained: set[str]) -> str | tu
     checkpoints); None (centred) when there is none."""
     if cfg.ratings.anchor_model:
         return cfg.ratings.anchor_model if cfg.ratings.anchor_model in rated else None
-    fixed = tuple(m for m in rated if "@" not in m and m not in trained)
-    return fixed or None
+    return fixed_opponents(rated, trained)
 
 
 def describe_anchor(anchor: str | tuple[str, ...] | None, rating: float) -> str:

@@ -220,15 +220,23 @@ def _anchor_weights(anchor: str | tuple[str, ...] | None, models: list[str]) -> 
     fixed opponents, steadier than any one of them); None to centre on the mean of all models."""
     names = (anchor,) if isinstance(anchor, str) else tuple(anchor or ())
     present = [m for m in names if m in models]
-    if names and len(present) < len(names):
-        # A configured anchor can be absent early in a live arena; a leaderboard beats a crash.
-        _log.warning("anchor %s has no battles yet: %s", ", ".join(m for m in names if m not in models),
-                     "pinning the others" if present else "ratings centred instead")
+    if names and not present:
+        # A configured anchor can be absent early in a live arena; a leaderboard beats a crash. (A group
+        # with some members present pins those: normal early in a history, not worth a warning.)
+        _log.warning("anchor %s has no battles yet: ratings centred instead", ", ".join(names))
     if not present:
         return None
     w = np.zeros(len(models))
     w[[models.index(m) for m in present]] = 1.0 / len(present)
     return w
+
+
+def fixed_opponents(rated: list[str], trained: set[str]) -> tuple[str, ...] | None:
+    """The anchor checkpoint tables pin (the mean of these): every rated model that is not a trained model
+    or one of its checkpoints (`model@checkpoint`). Why the mean of all of them and not one: see
+    arena_cli/iterations.py. None when there is no fixed opponent."""
+    fixed = tuple(m for m in rated if "@" not in m and m not in trained)
+    return fixed or None
 
 
 def _to_ratings(theta: np.ndarray, models: list[str], *, scale: float, base: float, init: float,

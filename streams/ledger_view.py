@@ -13,13 +13,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
 
 from arena_flywheel.events import Failure, Verdict
-from arena_flywheel.ratings import BradleyTerry, PairCounts
+from arena_flywheel.ratings import BradleyTerry, PairCounts, fixed_opponents
 from arena_flywheel.store import CheckpointRow, FailureRow, LedgerStore, VerdictRow, open_ledger
 from consumers.judging.health import JudgeHealth
 
@@ -138,6 +139,13 @@ def ledger_state(store: LedgerStore, bt: BradleyTerry, split: str = "eval", *,
     counts = PairCounts()
     for a, b, w, n in by_split[split]:
         counts.add(a, b, w, n=n)
+    with store.engine.connect() as conn:
+        c = CheckpointRow.__table__
+        checkpoints = [_json(p) for p in reversed(conn.execute(
+            sa.select(c.c.payload).order_by(c.c.created_at.desc(), c.c.id.desc()).limit(MAX_CHECKPOINTS)
+        ).scalars().all())]
+    if bt.anchor is None:  # pinned as `arena iterations` pins, so a checkpoint reads the same number on both
+        bt = replace(bt, anchor=fixed_opponents(counts.models, {ck["model"] for ck in checkpoints}))
     rows = [r.as_dict() for r in bt.leaderboard(counts, ci="bootstrap", seed=0)] if counts.models else []
     with store.engine.connect() as conn:
         history = _history(conn, bt, split, history_points)
@@ -151,10 +159,7 @@ def ledger_state(store: LedgerStore, bt: BradleyTerry, split: str = "eval", *,
         ds.set_health(_health(store, conn, split, health_window))
         for f in _latest_failures(conn, MAX_FAILURES):
             ds.add_failure(f)
-        c = CheckpointRow.__table__
-        for p in reversed(conn.execute(sa.select(c.c.payload).order_by(c.c.created_at.desc(), c.c.id.desc())
-                                       .limit(MAX_CHECKPOINTS)).scalars().all()):
-            ck = _json(p)
+        for ck in checkpoints:
             ds.add_checkpoint(ck["model"], ck["checkpoint"], ck.get("iteration", 0), ck.get("stage"),
                               t=ck.get("created_at"))
     d = ds.to_dict()

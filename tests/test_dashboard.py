@@ -232,6 +232,8 @@ def _cells(pairs: list[dict]) -> dict:
 
 
 def check_ledger_state(url: str) -> None:
+    from dataclasses import replace
+
     from arena_flywheel.config import load_config
     from arena_flywheel.ratings import BradleyTerry
     from arena_flywheel.store import open_ledger
@@ -254,10 +256,16 @@ def check_ledger_state(url: str) -> None:
     # the leaderboard of the chosen split: the same engine and CIs the stream uses
     assert {r["model"] for r in ev["leaderboard"]} == {"ace", "target", "target@it1-sft"}
     assert {r["model"] for r in tr["leaderboard"]} == {"ace", "target"}
-    want = {r.model: r for r in bt.leaderboard_of_battles(
+    # pinned as `arena iterations` pins: the fixed opponents' mean (here ace alone; target is trained) at 1000
+    pinned = replace(bt, anchor=("ace",))
+    want = {r.model: r for r in pinned.leaderboard_of_battles(
         (a, b, w) for sp, a, b, outs in PLAN if sp == "eval" for w, _, _ in outs)}
     for r in ev["leaderboard"]:
-        assert r["rating"] == pytest.approx(want[r["model"]].rating) and r["lower"] < r["rating"] < r["upper"]
+        assert r["rating"] == pytest.approx(want[r["model"]].rating)
+        if r["model"] == "ace":
+            assert r["lower"] == pytest.approx(1000) == r["rating"] == pytest.approx(r["upper"])
+        else:
+            assert r["lower"] < r["rating"] < r["upper"]
     # the checkpoint: its stage, its rating in the split (keyed target@it1-sft), its announcement time
     (c,) = ev["checkpoints"]
     assert (c["competitor"], c["stage"], c["iteration"], c["t"]) == ("target@it1-sft", "sft", 1, T0 + 20)

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +29,18 @@ def _env():
 def test_demo_fast_improves_the_target(tmp_path):
     summary_path = tmp_path / "summary.json"
     data_dir = tmp_path / "data"
-    proc = subprocess.run(
-        [sys.executable, "-m", "arena_cli", "demo", "--fast", "--no-live", "--data-dir", str(data_dir),
-         "--summary", str(summary_path)],
-        cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=1400)
+    out_log, err_log = tmp_path / "demo.out", tmp_path / "demo.err"
+    with open(out_log, "w") as out, open(err_log, "w") as err:
+        run = subprocess.Popen(
+            [sys.executable, "-m", "arena_cli", "demo", "--fast", "--no-live", "--data-dir", str(data_dir),
+             "--summary", str(summary_path)], cwd=tmp_path, env=_env(), stdout=out, stderr=err, text=True)
+        try:
+            live_page_during_the_demo(run, out_log)  # the browser on the worker's page while the demo runs
+            run.wait(timeout=1400)
+        finally:
+            if run.poll() is None:
+                run.kill()
+    proc = subprocess.CompletedProcess(run.args, run.returncode, out_log.read_text(), err_log.read_text())
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     s = json.loads(summary_path.read_text())
     its = s["iterations"]
@@ -80,9 +90,84 @@ def test_demo_fast_improves_the_target(tmp_path):
     models = {r["model"] for r in snap["rows"]}
     assert {"target", f"target@{last['checkpoint']}", "ace"} <= models, models
     assert snap["verdicts"] > 0 and set(snap["health"]) >= {"invalid_rate", "position_flip_rate"}
+    ledger_page_after_the_demo(cli + follow["dashboard"], tmp_path, table["rows"])
     text = subprocess.run(cli + follow["watch"], cwd=tmp_path, env=_env(), capture_output=True, text=True,
                           timeout=120).stdout
     assert last["checkpoint"] in text and "95% CI" in text and "judge:" in text
+
+
+def live_page_during_the_demo(run: subprocess.Popen, out_log: Path) -> None:
+    """Issue 22: the live dashboard in headless Chromium through a demo run: once the first checkpoint is
+    plugged in, the page shows its rating, the judge's health (longer-answer rate included: verdicts carry
+    answer lengths) and the eval heat map. Screenshot: tests/artifacts/dashboard-demo-live.png."""
+    from tests.test_dashboard import ARTIFACTS, _chromium_or_none, _page
+
+    deadline = time.monotonic() + 900
+    url = None
+    while url is None:
+        assert run.poll() is None and time.monotonic() < deadline, out_log.read_text()[-3000:]
+        m = re.search(r"live dashboard at (http://127\.0\.0\.1:\d+/)", out_log.read_text())
+        url = m.group(1) if m else time.sleep(0.5)
+    sync_playwright = _chromium_or_none()
+    if sync_playwright is None:
+        return  # ./test installs chromium; the rest of the demo test still runs
+    with _page(sync_playwright) as page:
+        page.goto(url)
+        # the first checkpoint rated on the live page (it re-answers the eval split after it is plugged in)
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#ckpt tbody tr')].some("
+            "tr => tr.innerText.includes('target@it1-sft') && /\\d{3,4}\\.\\d/.test(tr.innerText))",
+            timeout=900_000, polling=1000)
+        row = page.locator("#ckpt tbody tr").filter(has_text="target@it1-sft").inner_text()
+        assert "sft" in row and "not rated yet" not in row, row
+        health = page.inner_text("#health")
+        assert "longer answer wins" in health and "invalid verdicts" in health
+        longer = page.locator("#health tr:has(td:text-is('longer answer wins')) td.num").inner_text()
+        assert longer.endswith("%"), health  # measured live now, not n/a
+        heat = page.evaluate("() => document.getElementById('heat-count').data[0].x")
+        assert {"target", "target@it1-sft", "ace"} <= set(heat), heat
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard-demo-live.png"), full_page=True)
+
+
+def ledger_page_after_the_demo(cmd: list[str], cwd: Path, iteration_rows: list[dict]) -> None:
+    """`arena dashboard --db` (the command the demo printed) after the demo: every checkpoint with the rating
+    `arena iterations` gives it. Screenshot: tests/artifacts/dashboard-demo-ledger.png."""
+    import httpx
+
+    from arena_flywheel.broker import free_port
+    from tests.test_dashboard import ARTIFACTS, _chromium_or_none, _page
+
+    port = free_port()
+    server = subprocess.Popen(cmd + ["--port", str(port)], cwd=cwd, env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                state = httpx.get(base + "/api/state", timeout=30).json()
+                break
+            except httpx.HTTPError:
+                assert server.poll() is None and time.monotonic() < deadline
+                time.sleep(0.3)
+        rated = {c["checkpoint"]: c["rating"] for c in state["checkpoints"]}
+        for r in iteration_rows:
+            assert rated[r["checkpoint"]] == pytest.approx(r["rating"], abs=1e-6), (r, rated)
+        sync_playwright = _chromium_or_none()
+        if sync_playwright is None:
+            return
+        with _page(sync_playwright) as page:
+            page.goto(base + "/")
+            page.wait_for_selector("#ckpt tbody tr", timeout=30000)
+            for r in iteration_rows:
+                row = page.locator("#ckpt tbody tr").filter(has_text=f"target@{r['checkpoint']}").inner_text()
+                assert f"{r['rating']:.1f}" in row, (row, r)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "dashboard-demo-ledger.png"), full_page=True)
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 def test_demo_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
