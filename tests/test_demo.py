@@ -112,7 +112,13 @@ def live_page_during_the_demo(run: subprocess.Popen, out_log: Path) -> None:
     if sync_playwright is None:
         return  # ./test installs chromium; the rest of the demo test still runs
     with _page(sync_playwright) as page:
-        page.goto(url)
+        while True:  # the worker prints its address before its web server listens
+            try:
+                page.goto(url)
+                break
+            except Exception:  # noqa: BLE001 - playwright's Error: connection refused, not yet serving
+                assert run.poll() is None and time.monotonic() < deadline, out_log.read_text()[-3000:]
+                time.sleep(1)
         # the first checkpoint rated on the live page (it re-answers the eval split after it is plugged in)
         page.wait_for_function(
             "() => [...document.querySelectorAll('#ckpt tbody tr')].some("
