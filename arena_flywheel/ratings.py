@@ -72,7 +72,7 @@ class PairCounts:
             cap = max(8, 2 * self.wins.shape[0])
             for name in ("wins", "ties"):
                 old = getattr(self, name)
-                new = np.zeros((cap, cap), dtype=np.int64)
+                new = np.zeros((cap, cap), dtype=old.dtype)  # float once a fractional outcome came in
                 new[: old.shape[0], : old.shape[1]] = old
                 setattr(self, name, new)
         return i
@@ -101,6 +101,27 @@ class PairCounts:
             self.ties[j, i] += n
         # invalid verdicts never change ratings
 
+    def add_score(self, a: str, b: str, y: float, n: float = 1) -> None:
+        """`n` battles with a fractional outcome: y = a's score in [0, 1] (a preference probability; 1 a won,
+        1/2 tie, 0 b won). Bradley-Terry's likelihood sees y wins for a and 1 - y for b; they are kept as a
+        tie part 2 min(y, 1 - y) and a win part |2y - 1|, the same scores and games, so whole outcomes stay
+        whole counts and the bootstrap's outcome cells keep their meaning (docs/ratings.md)."""
+        if not 0.0 <= y <= 1.0:
+            raise ValueError(f"a score must be in [0, 1], got {y!r}")
+        if y in (0.0, 0.5, 1.0) and float(n).is_integer():
+            self.add(a, b, A_WINS if y == 1.0 else B_WINS if y == 0.0 else "tie", int(n))
+            return
+        if self.wins.dtype != np.float64:
+            self.wins, self.ties = self.wins.astype(np.float64), self.ties.astype(np.float64)
+        i, j = self._idx(a), self._idx(b)
+        tie = 2.0 * min(y, 1.0 - y) * n
+        if y > 0.5:
+            self.wins[i, j] += (2.0 * y - 1.0) * n
+        else:
+            self.wins[j, i] += (1.0 - 2.0 * y) * n
+        self.ties[i, j] += tie
+        self.ties[j, i] += tie
+
     @classmethod
     def from_battles(cls, rows: Iterable[tuple[str, str, str]]) -> "PairCounts":
         c = cls()
@@ -128,6 +149,8 @@ class PairCounts:
 
     def merge(self, other: "PairCounts") -> "PairCounts":
         idx = np.array([self._idx(m) for m in other.models], dtype=np.int64)
+        if other.wins.dtype != self.wins.dtype:  # fractional counts make both float
+            self.wins, self.ties = self.wins.astype(np.float64), self.ties.astype(np.float64)
         if len(idx):
             self.wins[np.ix_(idx, idx)] += other.W
             self.ties[np.ix_(idx, idx)] += other.T
@@ -146,23 +169,31 @@ class PairCounts:
         if i is None:
             return 0
         W, T = self.W, self.T
-        return int(W[i].sum() + W[:, i].sum() + T[i].sum())
+        return round(W[i].sum() + W[:, i].sum() + T[i].sum())
+
+    @property
+    def fractional(self) -> bool:
+        """Whether some battle had a fractional outcome (add_score): the counts are then floats."""
+        return self.wins.dtype == np.float64
 
     @property
     def total(self) -> int:
-        return int(self.W.sum() + np.triu(self.T, 1).sum())
+        return round(self.W.sum() + np.triu(self.T, 1).sum())
 
     def to_dict(self) -> dict[str, Any]:
         W, T = self.W, self.T
         wi, wj = np.nonzero(W)
         ti, tj = np.nonzero(np.triu(T, 1))
+        num = float if self.fractional else int
         return {"models": list(self.models),
-                "wins": [[int(i), int(j), int(W[i, j])] for i, j in zip(wi, wj)],
-                "ties": [[int(i), int(j), int(T[i, j])] for i, j in zip(ti, tj)]}
+                "wins": [[int(i), int(j), num(W[i, j])] for i, j in zip(wi, wj)],
+                "ties": [[int(i), int(j), num(T[i, j])] for i, j in zip(ti, tj)]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PairCounts":
         c = cls(d.get("models", []))
+        if any(isinstance(n, float) for _, _, n in [*d.get("wins", []), *d.get("ties", [])]):
+            c.wins, c.ties = c.wins.astype(np.float64), c.ties.astype(np.float64)
         for i, j, n in d.get("wins", []):
             c.wins[i, j] += n
         for i, j, n in d.get("ties", []):
@@ -384,7 +415,7 @@ def _bootstrap_theta(counts: PairCounts, theta: np.ndarray, rounds: int, seed: i
     cells = np.stack([W[iu, ju], T[iu, ju], W[ju, iu]], axis=1)  # (pairs, 3): i wins, tie, j wins
     keep = cells.sum(axis=1) > 0
     iu, ju, cells = iu[keep], ju[keep], cells[keep].astype(float)
-    total = int(cells.sum())
+    total = round(cells.sum())  # fractional outcomes (add_score) make the cells floats of whole battles in all
     from scipy import sparse
 
     npairs = len(iu)
@@ -514,7 +545,7 @@ class Row:
     upper: float
     rank: int
     battles: int
-    wins: int
+    wins: int  # floats (4 decimals) when some outcome was fractional: PairCounts.add_score's win / tie parts
     ties: int
     losses: int
     win_rate: float  # (wins + ties / 2) / battles, against all opponents
@@ -686,10 +717,11 @@ class BradleyTerry(_Parametrisation):
         W, T = counts.W, counts.T
         wins, losses, ties = W.sum(axis=1), W.sum(axis=0), T.sum(axis=1)
         rows = []
+        num = (lambda x: round(float(x), 4)) if counts.fractional else int
         for i, m in enumerate(models):
-            nb = int(wins[i] + losses[i] + ties[i])
+            nb = round(wins[i] + losses[i] + ties[i])
             rows.append(Row(model=m, rating=ratings[m], lower=float(lower[i]), upper=float(upper[i]),
-                            rank=ranks[i], battles=nb, wins=int(wins[i]), ties=int(ties[i]), losses=int(losses[i]),
+                            rank=ranks[i], battles=nb, wins=num(wins[i]), ties=num(ties[i]), losses=num(losses[i]),
                             win_rate=float((wins[i] + 0.5 * ties[i]) / nb) if nb else 0.0))
         rows.sort(key=lambda row: (-row.rating, row.model))
         return Leaderboard(rows, regularised, reason, replicates)
@@ -716,7 +748,7 @@ class BradleyTerry(_Parametrisation):
         W, T = counts.W, counts.T
         out: dict[str, dict[str, float | int | None]] = {}
         for m, i in counts.index.items():
-            n = int(W[i, b] + W[b, i] + T[i, b])
+            n = round(W[i, b] + W[b, i] + T[i, b])
             obs = float((W[i, b] + 0.5 * T[i, b]) / n) if n and i != b else None
             pred = 1.0 / (1.0 + self.base ** ((ratings[baseline] - ratings[m]) / self.scale))
             out[m] = {"predicted": pred, "observed": obs, "battles": n if i != b else 0}
@@ -740,11 +772,16 @@ class StyleControlledBT(_Parametrisation):
         non-negative style counts of each side's answer (e.g. tokens, headers, list items). The covariate
         is the normalised difference (a - b) / (a + b), standardised. Returns (ratings, coefficients);
         coefficient j is the log-odds change per standard deviation of covariate j. Rows are not grouped
-        (the covariates are continuous), so this costs O(battles) per Newton step."""
+        (the covariates are continuous), so this costs O(battles) per Newton step. `winner` may also be
+        model_a's score in [0, 1] per battle (floats: fractional outcomes)."""
         winner = np.asarray(winner)
-        rated = np.isin(winner, (A_WINS, B_WINS) + TIES)
+        if winner.dtype.kind == "f":  # scores of model_a in [0, 1] (fractional outcomes); NaN is not rated
+            rated = ~np.isnan(winner)
+            y = winner[rated]
+        else:
+            rated = np.isin(winner, (A_WINS, B_WINS) + TIES)
+            y = np.where(winner[rated] == A_WINS, 1.0, np.where(winner[rated] == B_WINS, 0.0, 0.5))
         ma, mb = np.asarray(model_a)[rated], np.asarray(model_b)[rated]
-        y = np.where(winner[rated] == A_WINS, 1.0, np.where(winner[rated] == B_WINS, 0.0, 0.5))
         sa = np.asarray(style_a, dtype=float)[rated].reshape(len(y), -1)
         sb = np.asarray(style_b, dtype=float)[rated].reshape(len(y), -1)
         models = sorted(set(ma.tolist()) | set(mb.tolist()))
@@ -775,3 +812,32 @@ class StyleControlledBT(_Parametrisation):
                 if np.abs(step).max() < tol:
                     break
         return {m: float(v) for m, v in zip(models, self._ratings(w[:n], models))}, w[n:]
+
+    def leaderboard(self, model_a, model_b, winner, style_a, style_b, counts: PairCounts, *, rounds: int = 100,
+                    seed: int = 0) -> tuple[Leaderboard, np.ndarray]:
+        """Rows as BradleyTerry.leaderboard's (battle counts and win rates from `counts`, the same battles)
+        with the style-controlled ratings, their 95% bootstrap CIs (the battles resampled with replacement
+        `rounds` times, each refitted; `rounds` 0: lower = upper = rating) and FastChat's rank; plus the
+        style coefficients of the point fit."""
+        ratings, coef = self.fit(model_a, model_b, winner, style_a, style_b)
+        models = sorted(ratings)
+        r = np.array([ratings[m] for m in models])
+        lower = upper = r
+        replicates = None
+        if rounds > 0:
+            rng = np.random.default_rng(seed)
+            cols = [np.asarray(x) for x in (model_a, model_b, winner, style_a, style_b)]
+            boot = np.empty((rounds, len(models)))
+            for k in range(rounds):
+                take = rng.integers(0, len(cols[0]), len(cols[0]))
+                rep, _ = self.fit(*(c[take] for c in cols))
+                # a model that drew no battle in this resample keeps its point rating
+                boot[k] = [rep.get(m, ratings[m]) for m in models]
+            lower, upper = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
+            replicates = {m: boot[:, i] for i, m in enumerate(models)}
+        ranks = rank_with_ci(lower, upper)
+        plain = {row.model: row for row in BradleyTerry(rounds=0).leaderboard(counts, ci="none")}
+        rows = [replace(plain[m], rating=float(r[i]), lower=float(lower[i]), upper=float(upper[i]), rank=ranks[i])
+                for i, m in enumerate(models)]
+        rows.sort(key=lambda row: (-row.rating, row.model))
+        return Leaderboard(rows, replicates=replicates), coef

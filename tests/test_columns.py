@@ -6,12 +6,16 @@ from __future__ import annotations
 import csv
 import json
 import random
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from arena_cli.commands.leaderboard import battle_of, counts_from_file, ledger_counts, read_rows
-from arena_flywheel.columns import battle_counts
+from arena_flywheel.columns import _jsonl_within_limits, battle_counts
+from arena_flywheel.config import LimitsConfig
 from arena_flywheel.errors import UsageError
 from arena_flywheel.events import JudgeInfo, Verdict
 from arena_flywheel.ratings import PairCounts
@@ -115,3 +119,35 @@ def test_ledger_counts_come_from_the_database(tmp_path):
         store.write(verdicts)
     want = PairCounts.from_battles((v.competitor_a, v.competitor_b, v.winner) for v in verdicts if v.split == "eval")
     assert same(ledger_counts(url, "eval"), want)
+
+
+@pytest.mark.parametrize("block", [1 << 23, 7, 4096])
+def test_jsonl_limit_check_matches_the_line_rule(tmp_path, block):
+    """The block-wise check says what a loop over the lines says: a line (with its end) longer than
+    max_record_bytes, or with more than max_depth brackets, sends the file to the row reader."""
+    lim = LimitsConfig(max_record_bytes=1024, max_depth=8)
+
+    def by_lines(p):
+        with open(p, "rb") as f:
+            return all(len(line) <= lim.max_record_bytes and line.count(b"[") + line.count(b"{") <= lim.max_depth
+                       for line in f)
+
+    cases = [b"", b"{}", b'{"a": 1}\n' * 5, b"[" * 8 + b"\n", b"[" * 9 + b"\n", b"{}\n" + b"[" * 9,
+             b"{}\n" + b"[" * 8, b"x" * 1023 + b"\n", b"x" * 1024 + b"\n", b"x" * 1024, b"x" * 1025, b"\n\n",
+             b"\r\n".join([b"[{" * 4] * 3), b"{}\n" * 300 + b"{" * 9 + b"\n" + b"{}\n" * 300]
+    for k, data in enumerate(cases):
+        p = tmp_path / f"c{k}.jsonl"
+        p.write_bytes(data)
+        assert _jsonl_within_limits(Path(p), lim, block) == by_lines(p), (k, data[:40])
+
+
+@pytest.mark.slow
+def test_the_columnar_path_does_not_import_pandas(tmp_path):
+    """pyarrow's to_numpy(), pa.array() and pq.read_table() import pandas (0.18 s of a one-second
+    `arena leaderboard`); the columnar reader goes around them, for every format."""
+    paths = [write(tmp_path, fmt, rows(200)) for fmt in ("csv", "jsonl", "parquet")]
+    code = ("import sys; from arena_flywheel.columns import battle_counts; "
+            f"cs = [battle_counts(p, split='eval', tie_margin=1.0) for p in {[str(p) for p in paths]!r}]; "
+            "print(all(c is not None for c in cs), 'pandas' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"]

@@ -1,6 +1,7 @@
 """`arena leaderboard` views (issue 20) and rough edges (issue 22): --baseline (arena-hard's show_result: the
 predicted win rate against a baseline with a bootstrap CI, the observed win rate and the battle count),
---category and the average answer length, "-" for no CI, the split named when nothing is rated, and a
+--category and the average answer length, --matrix in every format, --style-control from a file and from
+the ledger, "-" for no CI, the split named when nothing is rated, and a
 closed pipe on stdout (`| head -1`) that ends the command quietly."""
 from __future__ import annotations
 
@@ -191,3 +192,96 @@ def test_head_on_a_subprocess_pipe_exits_quietly(tmp_path):
     os.close(w)
     assert proc.returncode == 0, proc.stderr
     assert "BrokenPipe" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_matrix_in_every_format(tmp_path, capsys):
+    """HAND by hand: x-y 10 battles (x scores 7), y-z 4 (y scores 3), x never met z."""
+    f = _write(tmp_path / "b.jsonl", HAND)
+    out, _ = _run(capsys, "--battles", str(f), "--matrix", "--format", "json", "--rounds", "0")
+    doc = json.loads(out)
+    m = doc["matrix"]
+    i = {name: k for k, name in enumerate(m["models"])}
+    assert [r["model"] for r in doc["leaderboard"]] == m["models"]
+    assert m["battles"][i["x"]][i["y"]] == m["battles"][i["y"]][i["x"]] == 10 and m["battles"][i["x"]][i["z"]] == 0
+    assert m["win_rate"][i["x"]][i["y"]] == pytest.approx(0.7) and m["win_rate"][i["y"]][i["x"]] == pytest.approx(0.3)
+    assert m["win_rate"][i["y"]][i["z"]] == pytest.approx(0.75) and m["win_rate"][i["x"]][i["z"]] is None
+    out, _ = _run(capsys, "--battles", str(f), "--matrix", "--format", "csv", "--rounds", "0")
+    rows = {(r["model"], r["opponent"]): r for r in csv.DictReader(io.StringIO(out))}
+    assert len(rows) == 6 and rows[("z", "y")] == {"model": "z", "opponent": "y", "battles": "4", "win_rate": "0.25"}
+    assert rows[("x", "z")]["battles"] == "0" and rows[("x", "z")]["win_rate"] == ""
+    out, _ = _run(capsys, "--battles", str(f), "--matrix", "--rounds", "0")
+    text = out.split("\n\n")
+    assert len(text) == 5 and text[1] == "battles (row model against column model)"
+    assert "| y | 10 | - | 4 |" in text[2] and "| x | - | 70.0% | - |" in text[4]
+
+
+def _style_battles(n=3000, seed=0):
+    """Three equally strong models; a judge that prefers the longer answer with log-odds 1.5 per unit of the
+    normalised length difference; v is verbose (its answers twice as long)."""
+    rng = np.random.default_rng(seed)
+    names = np.array(["p", "q", "v"])
+    rows = []
+    for _ in range(n):
+        i, j = rng.choice(3, 2, replace=False)
+        la, lb = rng.integers(50, 150) * (2 if names[i] == "v" else 1), rng.integers(50, 150) * (2 if names[j] == "v" else 1)
+        p = 1 / (1 + np.exp(-1.5 * (la - lb) / (la + lb)))
+        rows.append({"model_a": str(names[i]), "model_b": str(names[j]), "winner": "model_a" if rng.uniform() < p
+                     else "model_b", "len_a": int(la), "len_b": int(lb)})
+    return rows
+
+
+def test_style_control_from_a_file(tmp_path, capsys):
+    f = tmp_path / "style.jsonl"
+    f.write_text("".join(json.dumps(r) + "\n" for r in _style_battles()))
+    plain, _ = _run(capsys, "--battles", str(f), "--format", "json", "--rounds", "0")
+    styled, err = _run(capsys, "--battles", str(f), "--format", "json", "--rounds", "10", "--style-control")
+    plain = {r["model"]: r for r in json.loads(plain)}
+    styled = {r["model"]: r for r in json.loads(styled)}
+    assert plain["v"]["rating"] - 1000 > 40  # the judge's taste for length shows as strength
+    assert abs(styled["v"]["rating"] - 1000) < 25  # style control gives it back to the length coefficient
+    assert styled["v"]["battles"] == plain["v"]["battles"] and styled["v"]["lower"] < styled["v"]["rating"]
+    assert "note: style coefficients (log-odds per sd of the normalised difference): len +" in err
+    # verdicts as exported from the ledger name their answers' lengths length_a / length_b: the same board
+    g = tmp_path / "verdicts.jsonl"
+    g.write_text("".join(json.dumps({"competitor_a": r["model_a"], "competitor_b": r["model_b"], "winner": r["winner"],
+                                     "length_a": r["len_a"], "length_b": r["len_b"]}) + "\n"
+                         for r in _style_battles()))
+    again, _ = _run(capsys, "--battles", str(g), "--format", "json", "--rounds", "10", "--style-control")
+    assert {r["model"]: r["rating"] for r in json.loads(again)} == {m: r["rating"] for m, r in styled.items()}
+
+
+def test_style_control_without_style_data_is_one_line(tmp_path, capsys):
+    f = _write(tmp_path / "b.jsonl", HAND)
+    assert main(["leaderboard", "--battles", str(f), "--style-control"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"arena leaderboard: {f}:1: --style-control needs answer lengths: rows with len_a and len_b "
+                   "(optionally header_count, list_count, bold_count _a / _b)")
+
+
+def test_style_control_from_the_ledger(tmp_path, monkeypatch, capsys):
+    """Verdicts in the ledger with their battles: the answers' style counts are the covariates."""
+    from arena_flywheel.events import Battle, Contestant, Instruction, JudgeInfo, Verdict
+    from arena_flywheel.store import LedgerStore
+
+    events = []
+    judge = JudgeInfo(backend="reference", template_id="ref-1")
+    for k, r in enumerate(_style_battles(600, seed=1)):
+        ins = Instruction(messages=[{"role": "user", "content": f"q{k}"}], split="eval", source="test")
+        sides = [Contestant(response_id=f"r{k}{s}", model=r[f"model_{s}"], answers=["w " * r[f"len_{s}"]])
+                 for s in "ab"]
+        bat = Battle(instruction_id=ins.id, split="eval", messages=ins.messages, a=sides[0], b=sides[1])
+        events += [bat, Verdict(battle_id=bat.id, instruction_id=ins.id, split="eval", competitor_a=r["model_a"],
+                                competitor_b=r["model_b"], model_a=r["model_a"], model_b=r["model_b"],
+                                winner=r["winner"], judge=judge)]
+    # a verdict whose battle never reached the ledger: left out of the style-controlled board, with a note
+    events.append(Verdict(battle_id="bat-missing", instruction_id="ins-missing", split="eval", competitor_a="p",
+                          competitor_b="q", model_a="p", model_b="q", winner="model_a", judge=judge))
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    with LedgerStore(url) as store:
+        store.write(events)
+    monkeypatch.setenv("ARENA_DB_URL", url)
+    out, err = _run(capsys, "--from-ledger", "--style-control", "--format", "json", "--rounds", "0")
+    rows = {r["model"]: r for r in json.loads(out)}
+    assert set(rows) == {"p", "q", "v"} and sum(r["battles"] for r in rows.values()) == 1200
+    assert "style coefficients" in err and "len +" in err
+    assert "note: 1 rated verdict(s) without their battle in the ledger left out" in err
