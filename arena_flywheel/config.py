@@ -154,6 +154,12 @@ class RatingsConfig(Section):
     anchor_model: str | None = None
     anchor_rating: float = 1000.0
     refresh_s: float = Field(1.0, gt=0)
+    dedupe_window: int = Field(20_000, ge=1_000, description=(
+        "verdict ids per partition the stream remembers to drop a verdict re-sent as a new record; older "
+        "re-sends are counted again (a redelivered record is always caught by the offset watermark)"))
+    loss_records: int = Field(10_000, ge=1, description=(
+        "instructions per partition whose target train losses the stream keeps to build Failures; the least "
+        "recently lost are dropped"))
 
 
 class TrainerConfig(Section):
@@ -187,7 +193,30 @@ class TrainerConfig(Section):
         description="per stage, keyword arguments passed to its TRL config (e.g. dpo = {beta = 0.2, "
                     "num_train_epochs = 2}); they override the settings above")
     lora: bool = False
+    lora_r: int = Field(8, ge=1, description="LoRA rank (trainer.lora = true)")
+    lora_alpha: int = Field(16, ge=1)
     seed: int = 0
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field("auto", description=(
+        "auto: bf16 where the CUDA device supports it, else fp32 (CPU: always fp32)"))
+    max_length: int | None = Field(None, ge=16, description=(
+        "tokens per training sequence (longer examples are cut and counted in the checkpoint's "
+        "metrics.truncated); unset: 4096 with CUDA, 256 on CPU"))
+    gradient_checkpointing: bool | None = Field(None, description="unset: on with CUDA, off on CPU")
+    gradient_accumulation_steps: int = Field(1, ge=1)
+    lr_scheduler: str = Field("constant", description="transformers' lr_scheduler_type: constant, linear, cosine, ...")
+    warmup: float = Field(0, ge=0, description="warmup steps (a whole number), or a share of the steps in [0, 1)")
+    launcher: Literal["accelerate", "python", "inline"] = Field("accelerate", description=(
+        "how a round trains: accelerate (a job started with `accelerate launch`), python (a plain "
+        "`python -m trainer.job` process), inline (inside the service's process, no job)"))
+    accelerate_config: str | None = Field(None, description=(
+        "the accelerate config file for `accelerate launch --config_file` (one GPU, DDP, FSDP, DeepSpeed); "
+        "unset: one process, --cpu when there is no CUDA"))
+    checkpoint_roots: list[str] = Field(default_factory=list, description=(
+        "directories generation pools may load checkpoints from (shared storage they can read; output_dir "
+        "belongs under one): a Checkpoint whose path resolves outside them is dead-lettered, nothing loads. "
+        "Empty: output_dir alone (add the directories of checkpoints trained elsewhere)"))
+    job_retries: int = Field(1, ge=0, description="a failed training job is started again this many times, "
+                             "then reported (a dead letter) and the service stops without committing the round")
 
 
 class Config(Section):

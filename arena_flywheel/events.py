@@ -488,6 +488,10 @@ class Checkpoint(Event):
     parent: str | None = None
     dataset_hash: str | None = None
     metrics: dict[str, Any] = Field(default_factory=dict)
+    uri: str | None = Field(None, description="where the checkpoint is stored (file:///...), for readers on "
+                            "other hosts; pools load `path` and refuse a uri that names another place")
+    content_hash: str | None = Field(None, description="sha256 over the checkpoint's files (relative names "
+                                     "and bytes): what was published is what is on the storage")
 
     def identity(self) -> tuple:
         return (self.model, self.checkpoint, self.path)

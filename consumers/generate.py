@@ -27,10 +27,13 @@ missing package, bad path) is not retryable and stops the worker: nothing is com
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import asdict, dataclass
 from typing import Any
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.events import BadEvent, Checkpoint, Instruction, Response, chat, decode
@@ -41,6 +44,33 @@ from consumers.backends import Backend, BackendError, Completion, GenerationRequ
 log = logging.getLogger(__name__)
 
 RESERVED_CHECKPOINTS = ("train", "base")
+LOCAL_WEIGHTS = ("transformers", "vllm")  # backends whose load(path) reads this machine's files (openai: a served
+# model name, replay: an answers file)
+
+
+def checkpoint_roots(cfg: Config) -> list[str]:
+    """Where pools may load checkpoints from: trainer.checkpoint_roots, or the trainer's own output_dir when
+    none is configured (safe by default: a Checkpoint event cannot point a pool at an arbitrary path)."""
+    return list(cfg.trainer.checkpoint_roots) or [cfg.trainer.output_dir]
+
+
+def checkpoint_problem(cfg: Config, ev: Checkpoint) -> str | None:
+    """Why a pool must not load this checkpoint (None: it may): a uri that names another place than its path,
+    a path that resolves (symbolic links and `..` followed) outside trainer.checkpoint_roots, or a path that
+    does not exist. Checked before anything loads: a hostile or mistyped event must not pick what a pool reads."""
+    path = os.path.realpath(ev.path)
+    if ev.uri is not None:
+        parsed = urlparse(ev.uri)
+        if parsed.scheme != "file":
+            return f"uri {ev.uri!r}: pools load checkpoints from a filesystem they can read (file://)"
+        if os.path.realpath(url2pathname(parsed.path)) != path:
+            return f"uri {ev.uri!r} and path {ev.path!r} name different places"
+    roots = [os.path.realpath(r) for r in checkpoint_roots(cfg)]
+    if not any(path == r or path.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+        return f"path {ev.path!r} is outside trainer.checkpoint_roots ({', '.join(roots)})"
+    if not os.path.exists(path):
+        return f"path {ev.path!r} does not exist (is the checkpoint storage mounted here?)"
+    return None
 
 
 def group_prefix(cfg: Config) -> str:
@@ -197,6 +227,12 @@ class GenerationPool(Service):
         if ev.checkpoint in RESERVED_CHECKPOINTS or not ev.checkpoint:
             self._dead_letter(source, f"checkpoint name {ev.checkpoint!r} is reserved; name it e.g. 'iter1'",
                               ev.encode(), flush=True)
+            return False
+        problem = checkpoint_problem(self.cfg, ev) if self.comp.backend in LOCAL_WEIGHTS else None
+        if problem:
+            reason = f"cannot hot-plug checkpoint {ev.checkpoint!r} of {self.name}, refused: {problem}"
+            log.error("%s; still serving %s", reason, self.checkpoint)
+            self._dead_letter(source, reason, ev.encode(), flush=True)
             return False
         t = time.monotonic()
         try:

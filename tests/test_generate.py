@@ -124,6 +124,7 @@ def test_hot_plug_tags_new_checkpoint_and_answers_eval_again(fast_cfg, tiny_mode
     from arena_flywheel.tinymodel import build_tiny_model
 
     cfg = fast_cfg
+    cfg.trainer.checkpoint_roots = [str(tmp_path)]  # this test's checkpoint storage (default: output_dir only)
     ckpt_dir = build_tiny_model(tmp_path / "iter1", seed=7)
     evals = [inst(f"eval {k}", split="eval") for k in range(3)]
     train_before = [inst(f"train before {k}") for k in range(2)]
@@ -287,6 +288,8 @@ def test_cli_checkpoint_add_and_generate_usage(fast_cfg, tmp_path, monkeypatch, 
     assert main(["checkpoint", "add", "--model", "tiny", "--path", str(d), "--iteration", "7", "--stage", "dpo"]) == 0
     [ev] = read_checkpoints(fast_cfg)
     assert (ev.model, ev.checkpoint, ev.path, ev.iteration, ev.stage) == ("tiny", "ckpt-7", str(d), 7, "dpo")
+    # outside the default roots (the trainer's output_dir): announced, with a warning that says what to set
+    assert "add its directory to trainer.checkpoint_roots" in capsys.readouterr().err
     assert main(["checkpoint", "add", "--model", "tiny", "--path", str(tmp_path / "nope")]) == 2
     assert main(["generate", "--model", "unknown"]) == 2
     err = capsys.readouterr().err
@@ -309,3 +312,21 @@ def test_cli_generate_runs_an_ad_hoc_competitor(fast_cfg, tmp_path, monkeypatch,
     assert stats["instructions"] == 1 and stats["model"] == "alpaca"
     [r] = read_all(fast_cfg, "responses", Response)
     assert (r.model, r.answers, r.backend) == ("alpaca", ["Hi!"], "replay")
+
+
+def test_by_default_pools_load_checkpoints_only_from_the_trainers_output_dir(fast_cfg, tmp_path):
+    """A Checkpoint event naming any other path (hostile or mistyped) is refused unless its directory is
+    among trainer.checkpoint_roots; with none configured, the root is trainer.output_dir."""
+    from consumers.generate import checkpoint_problem
+
+    cfg = fast_cfg
+    cfg.trainer.output_dir = str(tmp_path / "checkpoints")
+    inside = tmp_path / "checkpoints" / "target" / "it1-sft"
+    inside.mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    assert checkpoint_problem(cfg, Checkpoint(model="target", checkpoint="it1-sft", path=str(inside))) is None
+    for path in ("/etc", str(tmp_path / "elsewhere"), str(inside / ".." / ".." / ".." / "elsewhere")):
+        problem = checkpoint_problem(cfg, Checkpoint(model="target", checkpoint="x", path=path))
+        assert problem and "outside trainer.checkpoint_roots" in problem, path
+    cfg.trainer.checkpoint_roots = [str(tmp_path / "elsewhere")]
+    assert checkpoint_problem(cfg, Checkpoint(model="target", checkpoint="x", path=str(tmp_path / "elsewhere"))) is None

@@ -462,3 +462,25 @@ def test_a_restarted_service_restores_accumulated_failures_from_topic_and_ledger
         assert plain.state("target").used == {}
     finally:
         plain.close()
+
+
+@pytest.mark.slow
+def test_training_settings_cpu_defaults_per_stage_overrides_and_truncation(cfg, tmp_path, tiny_model):
+    from trl import DPOConfig, SFTConfig
+
+    from trainer.train import MAX_LENGTH, _stage_args, max_length, precision, train_stage
+
+    c = _cfg_for_training(cfg, tmp_path, ["sft"], gradient_accumulation_steps=2, lr_scheduler="cosine", warmup=0.1,
+                          precision="bf16", gradient_checkpointing=True, stage_args={"dpo": {"max_length": 64}})
+    # on CPU: fp32 whatever the file says, the tiny-model sequence length; the rest is what the file says
+    assert precision(c) == "fp32" and max_length(c) == MAX_LENGTH == 256
+    sft = _stage_args(SFTConfig, c, "sft", tmp_path, 10, max_length=max_length(c))
+    assert (sft.gradient_accumulation_steps, sft.lr_scheduler_type, sft.warmup_steps, sft.gradient_checkpointing,
+            sft.bf16, sft.max_length) == (2, "cosine", 0.1, True, False, 256)
+    assert _stage_args(DPOConfig, c, "dpo", tmp_path, 10, max_length=max_length(c)).max_length == 64  # per stage
+    c.trainer.max_length = 56  # the 6 turns are 50, 89, 53, 95, 58 and 105 tokens long: 4 are cut
+    c.trainer.gradient_checkpointing = False
+    fs = [failure(i, turns=2) for i in range(3)]
+    res = train_stage(c, stage="sft", model_path=str(tiny_model), iteration=1, target="target", parent="base",
+                      rows=sft_rows(fs, 1))
+    assert res.checkpoint.metrics["truncated"] == 4 and res.checkpoint.metrics["precision"] == "fp32"

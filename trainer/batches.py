@@ -14,7 +14,9 @@ iteration, ...) are ignored by the trainers and kept for provenance.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any, Iterable
 
 from arena_flywheel.events import Battle, Failure, Verdict, chat, stable_hash
@@ -231,3 +233,64 @@ def rl_prompts(battles: Iterable[Battle], iteration: int = 0,
 def dataset_hash(rows: list[dict[str, Any]]) -> str:
     """Hash of the training content (provenance columns included), order-sensitive."""
     return stable_hash(rows, length=16)
+
+
+# ---------------------------------------------------------------------- datasets on disk
+KINDS = ("sft", "dpo", "reward", "rl")
+COLUMNS = {"sft": ("messages",), "dpo": ("prompt", "chosen", "rejected"), "reward": ("chosen", "rejected"),
+           "rl": ("prompt",)}  # what TRL's trainers read; every other column is provenance
+
+
+def source_ids(rows: Iterable[dict[str, Any]]) -> dict[str, list[str]]:
+    """The events a batch came from, by kind (failure, battle, verdict ids), sorted."""
+    out: dict[str, set[str]] = {"failure_ids": set(), "battle_ids": set(), "verdict_ids": set()}
+    for r in rows:
+        if r.get("failure_id"):
+            out["failure_ids"].add(r["failure_id"])
+        for key in ("battle_ids", "verdict_ids"):
+            out[key].update(r.get(key) or ())
+    return {k: sorted(v) for k, v in out.items() if v}
+
+
+def write_dataset(rows: list[dict[str, Any]], out: str | Path, kind: str,
+                  provenance: dict[str, Any] | None = None) -> Path:
+    """One batch as a Hugging Face dataset at `out/<kind>` (`datasets.load_from_disk`) and `out/<kind>.parquet`,
+    in TRL's conversational format plus its provenance columns, and `out/<kind>.json` with the round's
+    provenance (iteration, stage, target, parent checkpoint, threshold, source event ids, rows, dataset_hash).
+    The reward batch is written with its prompt folded into chosen/rejected (TRL's implicit-prompt
+    preference format), so RewardTrainer reads it as it is."""
+    from datasets import Dataset, disable_progress_bars
+
+    disable_progress_bars()  # a service's log, not a terminal
+    if kind not in KINDS:
+        raise ValueError(f"unknown batch kind {kind!r}; the kinds are {', '.join(KINDS)}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = list(rows)
+    written = [_implicit_prompt(r) for r in rows] if kind == "reward" else rows
+    meta = {"kind": kind, **(provenance or {}), "rows": len(rows), "dataset_hash": dataset_hash(rows),
+            "trl_columns": list(COLUMNS[kind]), **source_ids(rows)}
+    ds = Dataset.from_list(written) if written else Dataset.from_dict({c: [] for c in COLUMNS[kind]})
+    ds.info.description = json.dumps(meta, ensure_ascii=False, sort_keys=True)
+    ds.save_to_disk(str(out / kind))
+    ds.to_parquet(str(out / f"{kind}.parquet"))
+    (out / f"{kind}.json").write_text(json.dumps(meta, ensure_ascii=False, indent=1, sort_keys=True))
+    return out / kind
+
+
+def read_dataset(out: str | Path, kind: str) -> list[dict[str, Any]]:
+    """The rows `write_dataset` wrote (the reward batch back in its prompt/chosen/rejected form)."""
+    from datasets import load_from_disk
+
+    rows = load_from_disk(str(Path(out) / kind)).to_list()
+    return [_explicit_prompt(r) for r in rows] if kind == "reward" else rows
+
+
+def _implicit_prompt(r: dict[str, Any]) -> dict[str, Any]:
+    return {**{k: v for k, v in r.items() if k != "prompt"}, "chosen": r["prompt"] + r["chosen"],
+            "rejected": r["prompt"] + r["rejected"], "prompt_turns": len(r["prompt"])}
+
+
+def _explicit_prompt(r: dict[str, Any]) -> dict[str, Any]:
+    k = r.pop("prompt_turns")
+    return {**r, "prompt": r["chosen"][:k], "chosen": r["chosen"][k:], "rejected": r["rejected"][k:]}

@@ -20,6 +20,10 @@ gives each target's current checkpoint, its iteration and stage, hence the next 
 battles of the CURRENT checkpoint count, so a crash that redelivers them cannot train on them twice.
 `close_now(target)` (what `arena train --iteration N` and `arena demo` call) closes the next round at once
 with whatever its slice holds.
+
+A round trains as a launched job (trainer/job.py: its datasets written, `accelerate launch`), while the
+consumer is paused but keeps polling, so a round of any length keeps the group; a restarted service takes over
+the round's running or finished job. `export_round` writes a round's batch from the ledger (`arena export`).
 """
 from __future__ import annotations
 
@@ -27,17 +31,19 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from arena_flywheel.config import Config
 from arena_flywheel.consume import Batch, ConsumerLoop, Service, run_loops
 from arena_flywheel.errors import ConfigError, InputError
-from arena_flywheel.events import Battle, Checkpoint, Failure, Verdict, competitor_name
+from arena_flywheel.events import Battle, Checkpoint, DeadLetter, Failure, Verdict, competitor_name
 from arena_flywheel.kafka import Publisher, read_checkpoints, read_topic
-from arena_flywheel.store import LedgerStore
+from arena_flywheel.store import LedgerStore, open_ledger
 
-from .batches import dpo_pairs, reward_rows, rl_prompts, sft_rows, texts_from_battles
+from .batches import KINDS, dpo_pairs, reward_rows, rl_prompts, sft_rows, texts_from_battles, write_dataset
+from .job import JobFailed, JobRunner, job_dir, prepare, result_of, running, spec_of
 from .select import select, with_earlier
-from .train import StageResult, train_stage
+from .train import StageResult, too_few, train_stage
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +108,7 @@ class TrainerService(Service):
         self.cfg = cfg
         self.targets: dict[str, TargetState] = {}
         self.rounds: list[Round] = []
+        self._training = False
         self.loop = ConsumerLoop(cfg, [cfg.topic("failures")], group_id(cfg), self.handle, expect=Failure,
                                  stage="trainer", publisher=publisher, poll_timeout_ms=poll_timeout_ms)
 
@@ -118,6 +125,9 @@ class TrainerService(Service):
             return self
         self.refresh_checkpoints()
         self.restore_used()
+        for jobs in Path(self.cfg.trainer.output_dir).glob("*/jobs"):  # rounds a stopped service left running
+            if self.wanted(jobs.parent.name):
+                self.state(jobs.parent.name)
         self.loop.start()
         self.loop.join()
         return self
@@ -190,13 +200,9 @@ class TrainerService(Service):
             raise ConfigError(f"the dpo and rl stages read their slice's battles from the ledger, and "
                               f"{self.cfg.db.url} has none: run `arena ledger` (db.url / ARENA_DB_URL)") from None
         try:
-            comp = st.competitor
-            verdicts = [v for side in ("competitor_a", "competitor_b")
-                        for v in store.events("verdict", split="train", **{side: comp})]
-            battles = store.events("battle", id=sorted({v.battle_id for v in verdicts})) if verdicts else []
+            return slice_from(store, st.competitor)
         finally:
             store.close()
-        return battles, verdicts
 
     def close_round(self, target: str, iteration: int | None = None, force: bool = False) -> Round | None:
         """Train the target's next round if its data is complete (or `force`); None when nothing ran."""
@@ -205,6 +211,9 @@ class TrainerService(Service):
         if iteration is not None and iteration != n:
             raise InputError(f"{target}: the next round is iteration {n} ({stage}); {st.checkpoint} is iteration "
                              f"{st.iteration}{' ' + st.stage if st.stage else ''}")
+        taken = self.take_over(st, n, stage)
+        if taken is not None:
+            return taken
         threshold = self.cfg.threshold_for(n)
         provenance = {"target_checkpoint": st.checkpoint, "threshold": threshold}
         reward: list[dict] | None = None
@@ -234,19 +243,75 @@ class TrainerService(Service):
             raise ConfigError(f"{target}: no model path: add it to [[competitors]] (name = {target!r}, model = DIR)")
         log.info("%s: closing iteration %d, %s, on %s (%s; threshold %g)", target, n, stage, st.checkpoint,
                  f"{selected} failures" if stage == "sft" else f"a slice of {size} instructions", threshold)
-        res = train_stage(self.cfg, stage=stage, model_path=st.path, iteration=n, target=target,
-                          parent=st.checkpoint, rows=rows, publisher=self.publisher(), reward_rows=reward,
-                          provenance=provenance)
+        res = self.train(stage=stage, model_path=st.path, iteration=n, target=target, parent=st.checkpoint,
+                         rows=rows, reward_rows=reward, provenance=provenance)
+        return self._closed(st, n, stage, res, selected=selected, used=len(rows) if res.checkpoint else 0, slice=size)
+
+    def _closed(self, st: TargetState, n: int, stage: str, res: StageResult, **counts) -> Round:
         st.iteration, st.stage = n, stage
         if res.checkpoint is not None:
             st.checkpoint, st.path = res.checkpoint.checkpoint, res.checkpoint.path
-            log.info("%s: iteration %d %s trained: %s (loss %s)", target, n, stage, res.checkpoint.checkpoint,
+            log.info("%s: iteration %d %s trained: %s (loss %s)", st.name, n, stage, res.checkpoint.checkpoint,
                      res.checkpoint.metrics.get("train_loss"))
         else:
-            log.warning("%s: iteration %d %s skipped: %s", target, n, stage, res.skipped)
-        rnd = Round(target, n, stage, res, selected=selected, used=len(rows) if res.checkpoint else 0, slice=size)
+            log.warning("%s: iteration %d %s skipped: %s", st.name, n, stage, res.skipped)
+        rnd = Round(st.name, n, stage, res, **counts)
         self.rounds.append(rnd)
         return rnd
+
+    def take_over(self, st: TargetState, n: int, stage: str) -> Round | None:
+        """The round's job left by an earlier service (stopped or killed mid-round), running or finished, for
+        the same parent checkpoint: wait for it / use its result instead of training the round again. Its
+        data are the round's, whatever has arrived since. None when there is no such job."""
+        d = job_dir(self.cfg, st.name, n, stage)
+        spec = spec_of(d)
+        if self.cfg.trainer.launcher == "inline" or not spec or spec.get("parent") != st.checkpoint:
+            return None
+        if result_of(d) is None and not running(d):
+            return None  # failed, or died without a result: the round is trained anew
+        res = self._job(st.name, n, stage, lambda runner: runner.existing(d))
+        if res is None:
+            return None
+        return self._closed(st, n, stage, res, used=int(res.metrics.get("examples", 0)) if res.checkpoint else 0)
+
+    def train(self, *, stage: str, model_path: str, iteration: int, target: str, parent: str, rows: list[dict],
+              reward_rows: list[dict] | None, provenance: dict) -> StageResult:
+        """Train a round: as a launched job (trainer.launcher accelerate|python) with the consumer paused, or
+        inline; then publish its Checkpoint. A job that fails on every attempt is dead-lettered with its output
+        tail and JobFailed raised: the batch that closed the round is not committed, and the service stops."""
+        kw = dict(stage=stage, model_path=model_path, iteration=iteration, target=target, parent=parent, rows=rows,
+                  reward_rows=reward_rows, provenance=provenance)
+        if self.cfg.trainer.launcher == "inline" or too_few(stage, rows, reward_rows):
+            return train_stage(self.cfg, publisher=self.publisher(), **kw)  # a skipped round trains nothing
+        return self._job(target, iteration, stage, lambda runner: runner.run(prepare(self.cfg, **kw)))
+
+    def _job(self, target: str, iteration: int, stage: str, work) -> StageResult | None:
+        """`work(runner)` with the consumer paused (polls go on, so the group is kept; fetches stop until the
+        round is trained), then the Checkpoint published."""
+        self.loop.pause()
+        self._training = True
+        try:
+            res = work(JobRunner(self.cfg, keepalive=self._keepalive))
+        except JobFailed as exc:
+            pub = self.publisher()
+            pub.send(DeadLetter.of(f"trainer:{target}/it{iteration}-{stage}", str(exc), exc.tail, "trainer",
+                                   self.cfg.limits))
+            pub.flush()
+            log.error("%s: %s\n%s", target, exc, exc.tail[-1500:])
+            raise
+        finally:
+            self._training = False
+            self.loop.resume()
+        if res is not None and res.checkpoint is not None:
+            pub = self.publisher()
+            pub.send(res.checkpoint)
+            pub.flush()
+        return res
+
+    def _keepalive(self) -> None:
+        """While a job trains: poll the paused partitions (max_poll_interval_ms never passes, no rebalance)."""
+        if self.loop.consumer is not None:
+            self.loop.poll_once(100)
 
     def close_now(self, target: str | None = None, iteration: int | None = None) -> Round:
         """Close the target's next round now with what its data holds (`arena train --iteration N`, the demo).
@@ -272,6 +337,8 @@ class TrainerService(Service):
     def tick(self) -> bool:
         """Close every round whose data is complete (dpo and rl rounds wait on the ledger, not on failures).
         A round that cannot start yet (no ledger, no model path) is logged and waits; the service goes on."""
+        if self._training:  # a keepalive poll during a job: the round in progress is closed already
+            return False
         closed = False
         for target in list(self.targets):
             try:
@@ -310,6 +377,71 @@ class TrainerService(Service):
             last[0] = time.monotonic()
             return self.tick()
         return tick
+
+
+def slice_from(store: LedgerStore, competitor: str) -> tuple[list[Battle], list[Verdict]]:
+    """The train battles `competitor` fought and their verdicts, from the SQL ledger."""
+    verdicts = [v for side in ("competitor_a", "competitor_b")
+                for v in store.events("verdict", split="train", **{side: competitor})]
+    battles = store.events("battle", id=sorted({v.battle_id for v in verdicts})) if verdicts else []
+    return battles, verdicts
+
+
+def export_round(cfg: Config, url: str, kind: str, iteration: int, out: str, target: str | None = None) -> dict:
+    """Write one round's batch (`kind`: sft, dpo, reward or rl) from the SQL ledger as a dataset under `out`
+    (`batches.write_dataset`). A trained round (its Checkpoint is in the ledger) gives the data it trained on:
+    sft its `failure_ids`; dpo, reward and rl the slice battled by its parent checkpoint (what the ledger holds
+    of it now). The target's next round, not trained yet, gives what the service would train it on.
+    Returns the provenance written (with `rows`)."""
+    if kind not in KINDS:
+        raise InputError(f"--what {kind}: the batch kinds are {', '.join(KINDS)}")
+    stage = "rl" if kind == "reward" else kind
+    store = open_ledger(url)
+    try:
+        cks = [c for c in store.events("checkpoint") if not target or c.model == target]
+        targets = sorted({c.model for c in cks} | ({target} if target else set())
+                         | {f.target for f in ([] if target or cks else store.failures())})
+        if len(targets) != 1:
+            raise InputError(f"say which target: --target NAME (known: {', '.join(targets) or 'none in ' + url})")
+        target = targets[0]
+        cks = [c for c in cks if c.model == target]
+        done = next((c for c in cks if c.iteration == iteration and c.stage == stage), None)
+        st = TargetState(target)
+        for c in cks:  # the ledger keeps them in order: the latest round is the current checkpoint
+            if c.iteration >= st.iteration and c is not done:
+                st.checkpoint, st.iteration, st.stage = c.checkpoint, c.iteration, c.stage or None
+        if done is not None:
+            parent = done.parent or "base"
+            threshold = float(done.metrics.get("threshold", cfg.threshold_for(iteration)))
+        elif next_round(cfg, st) == (iteration, stage):
+            parent, threshold = st.checkpoint, cfg.threshold_for(iteration)
+        else:
+            n, nxt = next_round(cfg, st)
+            raise InputError(f"{target}: iteration {iteration} {stage} is neither in the ledger's checkpoints nor the "
+                             f"next round (iteration {n} {nxt}, after {st.checkpoint})")
+        if stage == "sft":
+            if done is not None:
+                ids = list(done.metrics.get("failure_ids") or [])
+                by_id = {f.id: f for f in store.events("failure", id=ids)} if ids else {}
+                failures = [by_id[i] for i in ids if i in by_id]  # in the checkpoint's order
+            else:
+                failures = select(store.failures(target=target, checkpoint=parent), "pair-judge",
+                                  budget=cfg.trainer.batch_size, threshold=threshold, seed=cfg.trainer.seed)
+            rows = sft_rows(failures, iteration)
+        else:
+            battles, verdicts = slice_from(store, competitor_name(target, parent))
+            if kind == "dpo":
+                rows = dpo_pairs(battles, verdicts, threshold, iteration)[0]
+            elif kind == "reward":
+                rows = reward_rows(verdicts, iteration, *texts_from_battles(battles))
+            else:
+                rows = rl_prompts(battles, iteration, verdicts)
+    finally:
+        store.close()
+    meta = {"target": target, "iteration": iteration, "stage": stage, "parent": parent, "threshold": threshold,
+            "trained": done.checkpoint if done else None}  # not the ledger's URL: it may hold a password
+    write_dataset(rows, out, kind, meta)
+    return {**meta, "rows": len(rows)}
 
 
 def _ledger_failures(cfg: Config, ids: set[str]) -> list[Failure]:

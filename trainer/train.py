@@ -35,7 +35,8 @@ from .batches import dataset_hash
 log = logging.getLogger(__name__)
 
 STAGES = ("sft", "dpo", "rl")
-MAX_LENGTH = 256            # tokens per training sequence: the flywheel's tasks are short; raise for real models
+MAX_LENGTH = 256            # tokens per training sequence on CPU (tiny models, short tasks); trainer.max_length
+GPU_MAX_LENGTH = 4096       # ... and with CUDA
 MIN_ROWS = {"sft": 1, "dpo": 1, "rl": 1}  # examples (sft: conversations, dpo: pairs, rl: prompts)
 MIN_REWARD_PAIRS = 4        # fewer preference pairs cannot train a reward model worth optimising against
 
@@ -55,15 +56,37 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def _bf16() -> bool:
+    import torch
+
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def precision(cfg: Config) -> str:
+    """bf16, fp16 or fp32: trainer.precision, where "auto" is bf16 on a CUDA device that supports it, else fp32."""
+    p = cfg.trainer.precision
+    if p == "auto":
+        return "bf16" if _bf16() else "fp32"
+    return p if _cuda() else "fp32"  # CPU trains in fp32 whatever the file says (mixed precision needs CUDA)
+
+
+def max_length(cfg: Config) -> int:
+    return cfg.trainer.max_length or (GPU_MAX_LENGTH if _cuda() else MAX_LENGTH)
+
+
 def _stage_args(config_cls, cfg: Config, stage: str, out: Path, n_rows: int, **specific):
     """The TRL config of a stage: the trainer section's settings, the stage's own, then the user's
     trainer.stage_args for that stage, which win."""
     t = cfg.trainer
+    prec = precision(cfg)
+    checkpointing = _cuda() if t.gradient_checkpointing is None else t.gradient_checkpointing
     kw: dict[str, Any] = dict(
         output_dir=str(out / "_trainer"), per_device_train_batch_size=min(t.per_device_batch_size, max(1, n_rows)),
-        learning_rate=t.learning_rate, num_train_epochs=t.epochs, lr_scheduler_type="constant",
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate,
+        num_train_epochs=t.epochs, lr_scheduler_type=t.lr_scheduler, warmup_steps=t.warmup,
         use_cpu=not _cuda(), report_to=[], save_strategy="no", logging_steps=1, seed=t.seed,
-        disable_tqdm=True, dataloader_num_workers=0, bf16=False)
+        disable_tqdm=True, dataloader_num_workers=0, bf16=prec == "bf16", fp16=prec == "fp16",
+        gradient_checkpointing=checkpointing)
     kw.update(specific)
     kw.update(t.stage_args.get(stage, {}))
     try:
@@ -74,11 +97,34 @@ def _stage_args(config_cls, cfg: Config, stage: str, out: Path, n_rows: int, **s
 
 
 def quiet(trainer):
-    """Losses go to the ledger and the returned metrics; the per-step dict printer is only noise."""
+    """Losses go to the ledger and the returned metrics; the per-step dict printer is only noise. One
+    progress line per logged step instead (step, loss, ETA): a launched job's log shows how far it is."""
     from transformers.trainer_callback import PrinterCallback
 
     trainer.remove_callback(PrinterCallback)
+    trainer.add_callback(_progress_callback())
     return trainer
+
+
+def _progress_callback():
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        started = 0.0
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.started = time.monotonic()
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not state.is_world_process_zero or not logs or state.global_step < 1:
+                return
+            spent = time.monotonic() - self.started
+            eta = spent / state.global_step * max(0, state.max_steps - state.global_step)
+            loss = logs.get("loss", logs.get("train_loss"))
+            log.info("progress: step %d/%d loss %s elapsed %.1fs eta %.1fs", state.global_step, state.max_steps,
+                     "n/a" if loss is None else f"{loss:.4f}", spent, eta)
+
+    return Progress()
 
 
 def _is_adapter(path: str | Path) -> bool:
@@ -114,7 +160,8 @@ def _load_policy(cfg: Config, path: str):
     if cfg.trainer.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
+        model = get_peft_model(model, LoraConfig(r=cfg.trainer.lora_r, lora_alpha=cfg.trainer.lora_alpha,
+                                                 lora_dropout=0.0, task_type="CAUSAL_LM",
                                                  target_modules="all-linear"))
     return model
 
@@ -130,6 +177,35 @@ def _save(model, tok, out: Path) -> None:
         model.save_pretrained(out)
     tok.save_pretrained(out)
     shutil.rmtree(out / "_trainer", ignore_errors=True)
+
+
+def content_hash(path: str | Path) -> str:
+    """sha256 over a checkpoint's files, each as its relative name and its bytes, in name order."""
+    import hashlib
+
+    root, h = Path(path), hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file()):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _save_trained(trainer, tok, out: Path) -> None:
+    """Save what a TRL trainer trained. Under several processes (DDP, FSDP, DeepSpeed from the user's accelerate
+    config) the trainer gathers the weights and the main process writes them; the others wait."""
+    acc = trainer.accelerator
+    if acc.num_processes == 1:
+        _save(trainer.model, tok, out)
+        return
+    trainer.save_model(str(out))
+    if acc.is_main_process:
+        shutil.rmtree(out / "ref", ignore_errors=True)  # TRL's frozen reference adapter (LoRA): not the policy
+        shutil.rmtree(out / "_trainer", ignore_errors=True)
+        tok.save_pretrained(out)
+    acc.wait_for_everyone()
 
 
 def _mean_logged(trainer, key: str) -> float | None:
@@ -151,16 +227,17 @@ def _train_loss(trainer, train_out) -> float | None:
 
 
 # ---------------------------------------------------------------------- stages
-def run_sft(cfg, start: str, rows, out: Path, tok):
+def run_sft(cfg, start: str, rows, out: Path, tok, report: dict | None = None):
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     turns = completion_rows(rows)
-    args = _stage_args(SFTConfig, cfg, "sft", out, len(turns), max_length=MAX_LENGTH)
+    args = _stage_args(SFTConfig, cfg, "sft", out, len(turns), max_length=max_length(cfg))
+    _truncated(tok, [t["prompt"] + t["completion"] for t in turns], args.max_length, "sft turns", report)
     trainer = quiet(SFTTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
                                 train_dataset=Dataset.from_list(turns)))
     res = trainer.train()
-    _save(trainer.model, tok, out)
+    _save_trained(trainer, tok, out)
     return _train_loss(trainer, res)
 
 
@@ -177,21 +254,23 @@ def completion_rows(rows) -> list[dict]:
     return out
 
 
-def run_dpo(cfg, start: str, rows, out: Path, tok):
+def run_dpo(cfg, start: str, rows, out: Path, tok, report: dict | None = None):
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    args = _stage_args(DPOConfig, cfg, "dpo", out, len(rows), max_length=MAX_LENGTH, beta=0.1)
+    args = _stage_args(DPOConfig, cfg, "dpo", out, len(rows), max_length=max_length(cfg), beta=0.1)
+    _truncated(tok, [r["prompt"] + r[side] for r in rows for side in ("chosen", "rejected")], args.max_length,
+               "dpo sequences", report)
     # reference = the stage's starting model (the paper's DPO starts from the SFT model); with LoRA TRL uses
     # the policy with its adapter disabled (a fresh adapter) or a frozen copy of a chained adapter ("ref").
     trainer = quiet(DPOTrainer(model=_load_policy(cfg, start), args=args, processing_class=tok,
                                 train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
-    _save(trainer.model, tok, out)
+    _save_trained(trainer, tok, out)
     return _train_loss(trainer, res)
 
 
-def run_reward(cfg, start: str, rows, out: Path, tok) -> dict[str, Any]:
+def run_reward(cfg, start: str, rows, out: Path, tok, report: dict | None = None) -> dict[str, Any]:
     """A reward model (scalar head) on preference rows, saved to `out`; its loss and training accuracy.
     Its TRL settings are the trainer section's, then trainer.stage_args.reward."""
     from datasets import Dataset
@@ -204,11 +283,13 @@ def run_reward(cfg, start: str, rows, out: Path, tok) -> dict[str, Any]:
     # the usual RLHF recipe (InstructGPT); its data are battle outcomes, as in the paper.
     model = AutoModelForSequenceClassification.from_pretrained(base, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
-    args = _stage_args(RewardConfig, cfg, "reward", out, len(rows), max_length=MAX_LENGTH)
+    args = _stage_args(RewardConfig, cfg, "reward", out, len(rows), max_length=max_length(cfg))
+    _truncated(tok, [r["prompt"] + r[side] for r in rows for side in ("chosen", "rejected")], args.max_length,
+               "reward sequences", report, key="reward_truncated")
     trainer = quiet(RewardTrainer(model=model, args=args, processing_class=tok,
                                    train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt", "chosen", "rejected")))))
     res = trainer.train()
-    _save(trainer.model, tok, out)
+    _save_trained(trainer, tok, out)
     return {"reward_train_loss": _train_loss(trainer, res), "reward_train_accuracy": _mean_logged(trainer, "accuracy")}
 
 
@@ -236,11 +317,27 @@ def run_rl(cfg, start: str, rows, out: Path, tok, reward_path: str) -> dict[str,
                                processing_class=tok, reward_processing_classes=tok,
                                train_dataset=Dataset.from_list(_trl_columns(rows, ("prompt",)))))
     res = trainer.train()
-    _save(trainer.model, tok, out)
+    _save_trained(trainer, tok, out)
     # RLOO/GRPO losses hover near 0 by construction (advantages are centred): the reward and KL say more
     return {"train_loss": _train_loss(trainer, res), "mean_reward": _mean_logged(trainer, "reward"),
             "mean_kl": _mean_logged(trainer, "kl"), "last_kl": _last_logged(trainer, "kl"), "beta": args.beta,
             "rl_steps": trainer.state.global_step}
+
+
+def _truncated(tok, conversations: list[list[dict]], limit: int | None, what: str, report: dict | None,
+               key: str = "truncated") -> int:
+    """How many conversations the chat template makes longer than `limit` tokens (TRL cuts them): logged, and
+    put in `report[key]` (the Checkpoint's metrics)."""
+    if not limit:
+        return 0
+    n = sum(len(tok(tok.apply_chat_template(c, tokenize=False), add_special_tokens=False).input_ids) > limit
+            for c in conversations)
+    if n:
+        log.warning("%d of %d %s are longer than max_length %d tokens and are cut (trainer.max_length)", n,
+                    len(conversations), what, limit)
+    if report is not None:
+        report[key] = n
+    return n
 
 
 def _trl_columns(rows, keep) -> list[dict]:
@@ -263,7 +360,8 @@ def load_tokenizer(model_path: str):
     return tok
 
 
-def _too_few(stage: str, rows: list, reward_rows: list | None) -> str | None:
+def too_few(stage: str, rows: list, reward_rows: list | None) -> str | None:
+    """Why a round has too little data to train (None: enough)."""
     what = {"sft": "failures with a winning answer", "dpo": "chosen/rejected pairs", "rl": "prompts"}[stage]
     if len(rows) < MIN_ROWS[stage]:
         return f"only {len(rows)} {what} in the slice (need {MIN_ROWS[stage]})"
@@ -309,7 +407,7 @@ def train_stage(cfg: Config, *, stage: str, model_path: str, iteration: int, tar
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     rows = list(rows)
     name = f"it{iteration}-{stage}"
-    reason = _too_few(stage, rows, reward_rows)
+    reason = too_few(stage, rows, reward_rows)
     if reason:
         log.warning("%s iteration %d: %s stage skipped: %s", target, iteration, stage, reason)
         return StageResult(None, {"stage": stage, "examples": len(rows), "skipped": reason,
@@ -322,22 +420,25 @@ def train_stage(cfg: Config, *, stage: str, model_path: str, iteration: int, tar
     hashed = rows
     started = time.perf_counter()
     if stage == "sft":
-        metrics["train_loss"] = run_sft(cfg, model_path, rows, out, tok)
+        metrics["train_loss"] = run_sft(cfg, model_path, rows, out, tok, metrics)
     elif stage == "dpo":
-        metrics["train_loss"] = run_dpo(cfg, model_path, rows, out, tok)
+        metrics["train_loss"] = run_dpo(cfg, model_path, rows, out, tok, metrics)
     else:
         reward_out = root / f"{name}-reward"
-        metrics.update(run_reward(cfg, model_path, reward_rows, reward_out, tok), reward_pairs=len(reward_rows),
+        metrics.update(run_reward(cfg, model_path, reward_rows, reward_out, tok, metrics),
+                       reward_pairs=len(reward_rows),
                        reward_model=str(reward_out.resolve()))
         metrics["reward_s"] = round(time.perf_counter() - started, 3)
         metrics.update(run_rl(cfg, model_path, rows, out, tok, str(reward_out.resolve())))
         hashed = rows + list(reward_rows)
     metrics.update(algorithm=cfg.trainer.rl_algorithm if stage == "rl" else stage, lora=cfg.trainer.lora,
+                   precision=precision(cfg),
                    train_s=round(time.perf_counter() - started, 3))
     metrics.update(provenance or {})
     path = str(out.resolve())
     ev = Checkpoint(model=target, checkpoint=name, path=path, iteration=iteration, stage=stage, parent=parent,
-                    dataset_hash=dataset_hash(hashed), metrics=metrics)
+                    dataset_hash=dataset_hash(hashed), metrics=metrics, uri=out.resolve().as_uri(),
+                    content_hash=content_hash(out))
     if publisher is not None:
         publisher.send(ev)
         publisher.flush()

@@ -1,13 +1,14 @@
 """`arena checkpoint add|list`: announce a new checkpoint of a model (its pools hot-plug it), or list them."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from arena_flywheel.config import Config
 from arena_flywheel.errors import UsageError, need_broker
 from arena_flywheel.events import Checkpoint
 from arena_flywheel.kafka import Publisher, read_checkpoints
-from consumers.generate import RESERVED_CHECKPOINTS, eval_group
+from consumers.generate import RESERVED_CHECKPOINTS, checkpoint_problem, eval_group
 
 
 
@@ -49,4 +50,8 @@ def run(args, cfg: Config) -> int:
         pub.flush()
     print(f"checkpoint {name} of {args.model} announced ({ev.id}); its pools load {path} and answer the eval "
           f"split under group {eval_group(cfg, args.model, name)}")
+    problem = None if args.remote else checkpoint_problem(cfg, ev)
+    if problem:  # announced all the same: pools configured elsewhere may have other roots
+        print(f"warning: pools with this configuration will refuse it: {problem}; add its directory to "
+              f"trainer.checkpoint_roots", file=sys.stderr)
     return 0

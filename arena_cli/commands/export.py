@@ -1,4 +1,5 @@
-"""`arena export --what KIND`: read any event kind back from the SQL ledger as JSONL or CSV."""
+"""`arena export --what KIND`: read any event kind back from the SQL ledger as JSONL or CSV, or (`--what
+sft|dpo|reward|rl --iteration N --out DIR`) a round's training batch as a Hugging Face dataset and Parquet."""
 from __future__ import annotations
 
 import csv
@@ -12,14 +13,19 @@ import sqlalchemy as sa
 from arena_flywheel.config import Config
 from arena_flywheel.errors import UsageError
 from arena_flywheel.store import has_column, kind_of, open_ledger
+from trainer.batches import KINDS as BATCHES
+from trainer.service import export_round
 
 
 
 def add_arguments(p) -> None:
     p.add_argument("--what", required=True, metavar="KIND",
-                   help="instructions|responses|battles|verdicts|failures|checkpoints|deadletters")
+                   help="instructions|responses|battles|verdicts|failures|checkpoints|deadletters, or a round's "
+                   "training batch: sft|dpo|reward|rl (with --iteration and --out DIR)")
     p.add_argument("--format", default="jsonl", choices=("jsonl", "csv"))
-    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--out", metavar="FILE", help="write here instead of stdout (a batch: the directory to write)")
+    p.add_argument("--iteration", type=int, metavar="N", help="batches: the round's iteration")
+    p.add_argument("--target", help="batches: the target model (default: the only one in the ledger)")
     p.add_argument("--split", choices=("train", "eval"), help="only this split (kinds that have one)")
     p.add_argument("--latest", action="store_true", help="failures: only the latest per instruction and target")
     p.add_argument("--db", metavar="URL", help="database URL (default: db.url / $ARENA_DB_URL)")
@@ -43,8 +49,27 @@ def write_export(payloads: list[dict[str, Any]], fmt: str, out) -> None:
         w.writerow({k: _csv_cell(v) for k, v in p.items()})
 
 
+def export_batch(args, cfg: Config, url: str) -> int:
+    if args.iteration is None or args.iteration < 1 or not args.out:
+        raise UsageError(f"--what {args.what} writes a round's dataset: give --iteration N (N >= 1) and --out DIR")
+    if args.split or args.latest or args.format != "jsonl":
+        raise UsageError(f"--what {args.what}: --split, --latest and --format apply to event kinds only")
+    try:
+        meta = export_round(cfg, url, args.what.strip().lower(), args.iteration, args.out, target=args.target)
+    except OSError as exc:
+        raise UsageError(f"--out {args.out}: cannot write ({exc.strerror or exc})") from None
+    print(f"arena export: {meta['rows']} {args.what} rows of {meta['target']} iteration {meta['iteration']} "
+          f"(parent {meta['parent']}) -> {args.out}/{args.what} (load_from_disk) and "
+          f"{args.out}/{args.what}.parquet", file=sys.stderr)
+    return 0
+
+
 def run(args, cfg: Config) -> int:
     url = args.db or cfg.db.url
+    if args.what.strip().lower() in BATCHES:
+        return export_batch(args, cfg, url)
+    if args.iteration is not None or args.target:
+        raise UsageError("--iteration and --target apply to batches (--what sft|dpo|reward|rl)")
     try:
         kind = kind_of(args.what)
     except ValueError as exc:

@@ -1,4 +1,5 @@
-"""`arena train`: run the trainer service (failures in, checkpoints out), or close one iteration now."""
+"""`arena train`: run the trainer service (failures in, checkpoints out), or close one iteration now. Each
+round trains as a launched job (`trainer.launcher`, `trainer.accelerate_config`; docs/trainer.md)."""
 from __future__ import annotations
 
 import logging
@@ -7,6 +8,7 @@ import threading
 
 from arena_flywheel.config import Config
 from arena_flywheel.errors import UsageError, need_broker
+from trainer.job import JobRunner
 from trainer.service import TrainerService, group_id
 
 
@@ -35,9 +37,9 @@ def run(args, cfg: Config) -> int:
             print(f"{ck.model}@{ck.checkpoint} {ck.path} train_loss={ck.metrics.get('train_loss')} "
                   f"examples={rnd.used}")
         return 0
-    # a closed round is the foreground command's output: show it without -v
-    svc_log = logging.getLogger(TrainerService.__module__)
-    svc_log.setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
+    # a closed round and its training job (started, where its log is) are the foreground command's output
+    for name in (TrainerService.__module__, JobRunner.__module__):
+        logging.getLogger(name).setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
         if threading.current_thread() is threading.main_thread() else None

@@ -51,7 +51,9 @@ def create_backend(cfg_like: Any, **overrides: Any) -> Backend:
                              max_retries=int(get("max_retries", 3)),
                              backoff_s=float(options.get("backoff_s", 0.5)),
                              max_backoff_s=float(options.get("max_backoff_s", 20.0)),
-                             headers=options.get("headers"), extra_body=options.get("extra_body"))
+                             headers=options.get("headers"), extra_body=options.get("extra_body"),
+                             runtime_lora=bool(options.get("runtime_lora", False)),
+                             checkpoint_urls=options.get("checkpoint_urls"))
     if kind == "replay":
         return ReplayBackend(model, questions=options.get("questions"), model_filter=options.get("model_filter"))
     raise BackendError(f"unknown backend {kind!r}: use one of {', '.join(BACKENDS)}")

@@ -11,6 +11,13 @@ Ollama, and hosted APIs.
   this backend has already retried it: the pool dead-letters it instead of multiplying retries.
 - `load(path)`: the checkpoint's path is used as the served model name from then on (e.g. a LoRA
   adapter registered with vLLM's `--lora-modules name=dir`, or a new model loaded into the server).
+  With `options.runtime_lora = true` a LoRA adapter directory (adapter_config.json) is loaded into the running
+  server through vLLM's runtime endpoint, POST {base_url}/load_lora_adapter {"lora_name", "lora_path"} (the
+  server needs VLLM_ALLOW_RUNTIME_LORA_UPDATING=True), and asked for under its name, the directory's name
+  (a name the server already has is unloaded first, so a re-trained adapter is not served stale).
+  A full checkpoint needs a server of its own: `options.checkpoint_urls` maps a checkpoint's name (its
+  directory's name) to that server's base URL, or is a template such as "http://ckpt-{name}:8000/v1"; the
+  backend then asks that server for the checkpoint's path as the model (what `vllm serve PATH` serves).
 """
 from __future__ import annotations
 
@@ -36,7 +43,8 @@ class OpenAIBackend:
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
                  concurrency: int = 4, timeout_s: float = 120.0, max_retries: int = 3, backoff_s: float = 0.5,
                  max_backoff_s: float = 20.0, headers: dict[str, str] | None = None,
-                 extra_body: dict[str, Any] | None = None):
+                 extra_body: dict[str, Any] | None = None, runtime_lora: bool = False,
+                 checkpoint_urls: dict[str, str] | str | None = None):
         try:
             import httpx
         except ImportError:  # pragma: no cover - httpx is a core dependency
@@ -63,6 +71,9 @@ class OpenAIBackend:
         self.backoff_s = float(backoff_s)
         self.max_backoff_s = float(max_backoff_s)
         self.extra_body = dict(extra_body or {})
+        self.runtime_lora = bool(runtime_lora)
+        self.checkpoint_urls = checkpoint_urls
+        self.home_url = self.base_url  # the base model's server: where LoRA adapters (of that base) are loaded
         self.concurrency = max(1, int(concurrency))
         self._httpx = httpx
         self.client = httpx.Client(base_url=self.base_url, headers=hdrs, timeout=httpx.Timeout(self.timeout_s),
@@ -73,8 +84,46 @@ class OpenAIBackend:
         self.retries = 0  # total HTTP retries, for stats
 
     def load(self, path: str) -> None:
-        self.model = path
-        log.info("openai backend now asks for model %r", path)
+        name = os.path.basename(os.path.normpath(path))
+        if self.runtime_lora and os.path.isfile(os.path.join(path, "adapter_config.json")):
+            self._use_server(self.home_url)
+            self.model = self._load_lora(path)
+        else:
+            url = self._server_for(name)
+            if url:
+                self._use_server(url)
+            self.model = path
+        log.info("openai backend now asks %s for model %r", self.base_url, self.model)
+
+    def _server_for(self, name: str) -> str | None:
+        urls = self.checkpoint_urls
+        url = urls.get(name) if isinstance(urls, dict) else urls.format(name=name) if urls else None
+        if url and not url.startswith(("http://", "https://")):
+            raise BackendError(f"options.checkpoint_urls for {name!r}: {url!r} must start with http:// or https://")
+        return url
+
+    def _use_server(self, url: str) -> None:
+        self.base_url = url.rstrip("/")
+        self.client.base_url = self.base_url
+
+    def _load_lora(self, path: str) -> str:
+        """Load a LoRA adapter into the running server (vLLM's runtime endpoint); its served name."""
+        name = os.path.basename(os.path.normpath(path))
+        body = {"lora_name": name, "lora_path": os.path.abspath(path)}
+        try:
+            resp = self.client.post("/load_lora_adapter", json=body)
+            if resp.status_code == 400 and "already" in resp.text:  # a stale adapter of that name: replace it
+                self.client.post("/unload_lora_adapter", json={"lora_name": name})
+                resp = self.client.post("/load_lora_adapter", json=body)
+        except self._httpx.HTTPError as exc:
+            raise BackendError(f"{self.base_url}/load_lora_adapter: {type(exc).__name__}: {exc}") from None
+        if resp.status_code == 404:
+            raise BackendError(f"{self.base_url} has no /load_lora_adapter: start vllm serve with "
+                               f"VLLM_ALLOW_RUNTIME_LORA_UPDATING=True and --enable-lora")
+        if resp.status_code != 200:
+            raise BackendError(f"{self.base_url}/load_lora_adapter {name!r} from {path}: HTTP {resp.status_code} "
+                               f"{resp.text[:300]}")
+        return name
 
     def _body(self, r: GenerationRequest) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": r.messages, "max_tokens": r.max_new_tokens,
