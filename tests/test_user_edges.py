@@ -134,6 +134,10 @@ def test_read_only_commands_open_the_ledger_given_by_db(env, monkeypatch, capsys
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert [r["checkpoint"] for r in rows] == ["it1-sft"] and rows[0]["rating"] is not None
     assert main(["report", "--db", url, "--out", "rep"]) == 0
+    assert main(["leaderboard", "--from-ledger", "--db", url, "--format", "json"]) == 0
+    assert "target@it1-sft" in capsys.readouterr().out
+    err = _one_line_error(capsys, ["leaderboard", "--battles", "b.jsonl", "--db", url], "leaderboard")
+    assert "--from-ledger" in err
     assert "target@it1-sft" in (env / "rep" / "leaderboard.md").read_text()
     assert not (env / "arena-data").exists()  # the default ledger was never touched
 

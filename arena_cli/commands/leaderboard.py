@@ -41,6 +41,8 @@ def add_arguments(parser) -> None:
                                                        "stdin), an AlpacaEval annotation file, or arena-hard-auto "
                                                        "judgments (a file or a directory)")
     src.add_argument("--from-ledger", action="store_true", help="read verdicts from the ledger at cfg.db.url")
+    parser.add_argument("--db", metavar="URL", help="with --from-ledger: the ledger URL (default: db.url / "
+                                                    "$ARENA_DB_URL)")
     parser.add_argument("--split", default=None,
                         help="only rows of this split (default: eval with --from-ledger, every row of a file)")
     parser.add_argument("--format", choices=("markdown", "csv", "json"), default="markdown")
@@ -412,6 +414,8 @@ def write_out(text: str, stream: TextIO | None = None) -> bool:
 
 
 def run(args, cfg) -> int:
+    if args.db and not args.from_ledger:
+        raise UsageError("--db names a ledger to read: add --from-ledger (or drop --db to read --battles)")
     if args.category is not None and not args.category:
         raise UsageError("--category needs a name")
     notes: list[str] = []
