@@ -15,13 +15,13 @@ model judge (FastChat uses GPT-4), docs/evaluation.md.
 from __future__ import annotations
 
 import ast
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from arena_flywheel.errors import InputError
+from arena_flywheel.records import read_records
 from consumers.backends.base import Backend, GenerationRequest
 
 NEED_REF_CATS = ("math", "reasoning", "coding")  # FastChat's NEED_REF_CATS (less its arena-hard-200)
@@ -41,20 +41,15 @@ class Bench:
 
 
 def _jsonl(path: Path) -> list[dict]:
+    """Every object of a JSONL file, through the one record reader (size and nesting limits); FastChat's files
+    are data we grade with, so a bad line stops the command with its location rather than being skipped."""
     if not path.is_file():
         raise InputError(f"{path}: no such file (MT-bench data is FastChat's fastchat/llm_judge/data layout)")
     out = []
-    with open(path, encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{n}: invalid JSON ({exc.msg})") from None
-            if not isinstance(rec, dict):
-                raise InputError(f"{path}:{n}: expected a JSON object")
-            out.append(rec)
+    for rec in read_records(path):
+        if rec.error:
+            raise InputError(f"{rec.source}: {rec.error}")
+        out.append(rec.data)
     return out
 
 
