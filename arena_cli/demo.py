@@ -34,7 +34,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from arena_flywheel.broker import free_port, kafka_for
+from arena_flywheel.broker import DIE_WITH_PARENT, free_port, kafka_for
 from arena_flywheel.config import CompetitorConfig, Config
 from arena_flywheel.errors import ArenaError, InputError
 from arena_flywheel.events import Instruction, competitor_name
@@ -267,7 +267,7 @@ class Demo:
         p = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(toml), "stream",
                               "--web-port", str(self.web_port)],
                              stdout=open(log_path, "wb"), stderr=subprocess.STDOUT, env=env,
-                             cwd=str(self.data_dir))
+                             cwd=str(self.data_dir), preexec_fn=DIE_WITH_PARENT)  # gone with the demo, kill -9 too
         p.log_path = log_path
         s.procs.append(p)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from .errors import BrokerError
 from .kafka import ensure_topics
 
-__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "kafka_for", "local_broker", "registered"]
+__all__ = ["BrokerError", "DIE_WITH_PARENT", "EmbeddedBroker", "free_port", "kafka_for", "local_broker", "registered"]
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,13 @@ def tansu_binary() -> str:
         raise BrokerError(f"no Tansu binary for this platform ({exc}); set KAFKA_BOOTSTRAP_SERVERS instead") from None
 
 
-def _die_with_parent():  # runs in the child before exec: the broker must not outlive us (kill -9 included)
+def die_with_parent():  # runs in the child before exec: a helper process must not outlive us (kill -9 included)
     with contextlib.suppress(Exception):
         libc = ctypes.CDLL("libc.so.6", use_errno=True)
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+DIE_WITH_PARENT = die_with_parent if sys.platform.startswith("linux") else None  # Popen(preexec_fn=...)
 
 
 def wait_until_ready(bootstrap: str, timeout: float = 20.0) -> None:
@@ -100,7 +103,7 @@ class EmbeddedBroker:
             cmd.append("--silent")
         out = subprocess.DEVNULL if self.quiet else None
         self.proc = subprocess.Popen(cmd, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
-                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
+                                     preexec_fn=DIE_WITH_PARENT)
         try:
             wait_until_ready(self.bootstrap)
         except BrokerError:

@@ -180,10 +180,10 @@ def test_demo_refuses_bad_arguments(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert cli_main(["demo", "--iterations", "0"]) == 2
     err = capsys.readouterr().err
-    assert "--iterations" in err and "Traceback" not in err
+    assert "--iterations" in err and "Traceback" not in err, err
     assert cli_main(["demo", "--stages", "sft,ppo"]) == 2
     err = capsys.readouterr().err
-    assert "ppo" in err and "Traceback" not in err
+    assert "ppo" in err and "Traceback" not in err, err
 
 
 def test_watch_table_shows_change_rate_and_health():
@@ -197,3 +197,32 @@ def test_watch_table_shows_change_rate_and_health():
     text = render_text(snap, start={"ace": 1010.0}, rate=12.5)
     assert "it2-sft" in text and "1030..1094" in text and "-10" in text and "new" in text
     assert "12.5 verdicts/s" in text and "lag 7" in text and "position flip rate 12%" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_the_demos_stream_worker_dies_with_a_killed_demo(tmp_path):
+    """kill -9 of `arena demo` used to leave its Faust worker running (busy, forever): it dies with it now."""
+    import signal
+
+    out_log = tmp_path / "demo.out"
+    with open(out_log, "w") as out:
+        run = subprocess.Popen([sys.executable, "-m", "arena_cli", "demo", "--fast", "--no-live", "--data-dir",
+                                str(tmp_path / "data")], cwd=tmp_path, env=_env(), stdout=out,
+                               stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 400
+        while "live dashboard at" not in out_log.read_text():
+            assert run.poll() is None and time.monotonic() < deadline, out_log.read_text()[-3000:]
+            time.sleep(0.5)
+        children = {int(p) for t in Path(f"/proc/{run.pid}/task").iterdir()
+                    for p in (t / "children").read_text().split()}
+        workers = [p for p in children if b"stream" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(workers) == 1, children
+    finally:
+        run.send_signal(signal.SIGKILL)
+        run.wait(30)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{workers[0]}").exists() and b"stream" in Path(f"/proc/{workers[0]}/cmdline").read_bytes():
+        assert time.monotonic() < deadline, "the Faust worker outlived the killed demo"
+        time.sleep(0.5)
