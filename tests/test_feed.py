@@ -183,7 +183,9 @@ def test_cli_stdin_and_follow(tmp_path):
         assert store.count("instruction") == 4
     finally:
         p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=60)
+        # shutdown closes the follower's consumer, then drains the topics with a new member of the ledger's group
+        # (Tansu holds a first JoinGroup ~3 s); on a loaded 2-core machine that once took more than 60 s
+        out, err = p.communicate(timeout=180)
     assert p.returncode == 0, err
     assert "sent 3, duplicates 0, rejected 0" in out
     assert {i.user_turns[0] for i in store.events("instruction")} == {"from stdin", "first", "second", "third"}
