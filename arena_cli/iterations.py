@@ -13,23 +13,13 @@ on the opponents' mean, 11-27 (max 43) pinned on one opponent, 56 centred.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 
 from arena_flywheel.config import Config
 from arena_flywheel.events import Checkpoint, competitor_name
-from arena_flywheel.ratings import BradleyTerry, PairCounts, fixed_opponents
+from arena_flywheel.ratings import BradleyTerry, PairCounts
 from arena_flywheel.store import LedgerStore, open_ledger
 
 log = logging.getLogger(__name__)
-
-
-def default_anchor(cfg: Config, rated: list[str], trained: set[str]) -> str | tuple[str, ...] | None:
-    """What iteration tables pin at `ratings.anchor_rating`: `ratings.anchor_model` when configured; else
-    the mean of the fixed opponents (every rated model that is not a trained model or one of its
-    checkpoints); None (centred) when there is none."""
-    if cfg.ratings.anchor_model:
-        return cfg.ratings.anchor_model if cfg.ratings.anchor_model in rated else None
-    return fixed_opponents(rated, trained)
 
 
 def describe_anchor(anchor: str | tuple[str, ...] | None, rating: float) -> str:
@@ -48,10 +38,10 @@ def anchored_board(cfg: Config, store: LedgerStore, split: str,
     for a, b, w, k in store.battle_counts(split):
         counts.add(a, b, w, n=k)
         n += k
-    bt = BradleyTerry.from_config(cfg.ratings)
-    anchor = default_anchor(cfg, counts.models, trained)
-    if anchor is not None:
-        bt = replace(bt, anchor=anchor, anchor_rating=cfg.ratings.anchor_rating)
+    bt = BradleyTerry.from_config(cfg.ratings).pinned(counts.models, trained)
+    anchor = bt.anchor
+    if isinstance(anchor, str) and anchor not in counts.models:
+        anchor = None  # a configured anchor without battles yet pins nothing: the fit is centred
     return {r.model: r for r in bt.leaderboard(counts)} if n else {}, anchor, n
 
 

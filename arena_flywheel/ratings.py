@@ -587,12 +587,17 @@ class _Parametrisation:
     anchor: str | tuple[str, ...] | None = None  # one model, or several whose mean is pinned
     anchor_rating: float | None = None
 
+    def pinned(self, rated: list[str], trained: set[str]):
+        """This parametrisation when it has an anchor of its own (ratings.anchor_model), else the same pinned on
+        the fixed opponents' mean (`fixed_opponents`): what every board showing checkpoints uses."""
+        return self if self.anchor is not None else replace(self, anchor=fixed_opponents(rated, trained))
+
     @classmethod
     def from_config(cls, cfg_ratings):
         """The configured model (cfg.ratings, a RatingsConfig): anchor_rating counts only with an anchor."""
         r = cfg_ratings
         return cls(scale=r.scale, base=r.base, init=r.elo_init, anchor=r.anchor_model,
-                   anchor_rating=r.anchor_rating if r.anchor_model else None)
+                   anchor_rating=r.anchor_rating)  # used only with an anchor, configured or `pinned`
 
     def _ratings(self, theta: np.ndarray, models: list[str]) -> np.ndarray:
         return _to_ratings(theta, models, scale=self.scale, base=self.base, init=self.init, anchor=self.anchor,

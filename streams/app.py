@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict, deque
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from arena_flywheel.config import Config
 from arena_flywheel.events import BadEvent, Checkpoint, DeadLetter, Instruction, Response, decode
-from arena_flywheel.ratings import BradleyTerry, OnlineElo, PairCounts, fixed_opponents
+from arena_flywheel.ratings import BradleyTerry, OnlineElo, PairCounts
 from consumers.judging.health import JudgeHealth
 
 from . import state as S
@@ -295,9 +294,7 @@ class Stream:
         snap["elo"] = {m: sum(v) / len(v) for m, v in sorted(sums.items())}
         counts = self.pair_counts(states, "eval")
         if counts is not None and counts.models:
-            bt = self.bt  # pinned as `arena iterations` and the ledger page pin: the same numbers everywhere
-            if bt.anchor is None:
-                bt = replace(bt, anchor=fixed_opponents(counts.models, set(self.cfg.arena.targets)))
+            bt = self.bt.pinned(counts.models, set(self.cfg.arena.targets))  # as every board is pinned
             rows = bt.leaderboard(counts, ci="bootstrap", seed=0, warm=self._warm)
             self._warm = {row.model: row.rating for row in rows}
             snap["rows"] = [_row_dict(row) for row in rows]

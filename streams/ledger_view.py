@@ -13,14 +13,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from aiohttp import web
 
 from arena_flywheel.events import Failure, Verdict
-from arena_flywheel.ratings import BradleyTerry, PairCounts, fixed_opponents
+from arena_flywheel.ratings import BradleyTerry, PairCounts
 from arena_flywheel.store import CheckpointRow, FailureRow, LedgerStore, VerdictRow, open_ledger
 from consumers.judging.health import JudgeHealth
 
@@ -144,8 +143,7 @@ def ledger_state(store: LedgerStore, bt: BradleyTerry, split: str = "eval", *,
         checkpoints = [_json(p) for p in reversed(conn.execute(
             sa.select(c.c.payload).order_by(c.c.created_at.desc(), c.c.id.desc()).limit(MAX_CHECKPOINTS)
         ).scalars().all())]
-    if bt.anchor is None:  # pinned as `arena iterations` pins, so a checkpoint reads the same number on both
-        bt = replace(bt, anchor=fixed_opponents(counts.models, {ck["model"] for ck in checkpoints}))
+    bt = bt.pinned(counts.models, {ck["model"] for ck in checkpoints})  # as `arena iterations` pins it
     rows = [r.as_dict() for r in bt.leaderboard(counts, ci="bootstrap", seed=0)] if counts.models else []
     with store.engine.connect() as conn:
         history = _history(conn, bt, split, history_points)

@@ -23,7 +23,7 @@ def add_arguments(p) -> None:
 def run(args, cfg: Config) -> int:
     if not 0 < args.port < 65536:
         raise UsageError("--port must be 1..65535, e.g. --port 6067")
-    url = args.db or cfg.db.url
+    url = cfg.db.url  # --db is applied by arena_cli/main.py
     view = LedgerDashboard(url, BradleyTerry.from_config(cfg.ratings))  # InputError for a missing ledger
     where = f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port}/"
 

@@ -65,7 +65,7 @@ def export_batch(args, cfg: Config, url: str) -> int:
 
 
 def run(args, cfg: Config) -> int:
-    url = args.db or cfg.db.url
+    url = cfg.db.url  # --db is applied by arena_cli/main.py
     if args.what.strip().lower() in BATCHES:
         return export_batch(args, cfg, url)
     if args.iteration is not None or args.target:

@@ -18,9 +18,6 @@ def add_arguments(p) -> None:
 
 
 def run(args, cfg: Config) -> int:
-    if args.db:
-        cfg = cfg.model_copy(deep=True)
-        cfg.db.url = args.db
     if not cfg.kafka.bootstrap_servers:
         print("arena ledger: no KAFKA_BOOTSTRAP_SERVERS; starting an embedded broker (its topics live only "
               "while this runs)", file=sys.stderr)
