@@ -261,11 +261,14 @@ def test_replicas_of_a_competitor_share_partitions(fast_cfg, tmp_path):
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and sorted(
-                sum((p.stats()["partitions"].get("eval", []) for p in pools), [])) != [0, 1]:
+        # The first replica to join owns both partitions until the second one's join rebalances the group,
+        # so wait for the split, not merely for both partitions to be owned.
+        def owned():
+            return [p.stats()["partitions"].get("eval", []) for p in pools]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and sorted(map(len, owned())) != [1, 1]:
             time.sleep(0.1)
-        assert [len(p.stats()["partitions"]["eval"]) for p in pools] == [1, 1]  # one partition each
+        assert sorted(map(len, owned())) == [1, 1] and sorted(sum(owned(), [])) == [0, 1], owned()
         evals = [inst(f"q{k}", source_id=str(k), split="eval") for k in range(12)]
         publish(cfg, evals)
         got = wait_for(cfg, "responses", Response, lambda rs: len({r.instruction_id for r in rs}) >= 12)
