@@ -90,3 +90,40 @@ def test_arena_judge_logs_its_progress_over_a_real_broker(cfg, monkeypatch, capl
     assert stats["battles"] == 40
     lines = [r.getMessage() for r in caplog.records if r.name == "arena.progress"]
     assert lines and "40 battles judged" in lines[-1] and "invalid 0.0%" in lines[-1], lines
+
+
+@pytest.mark.slow
+def test_arena_judge_stops_on_sigterm_with_its_summary(cfg, tmp_path):
+    """A supervisor stops `arena judge` with SIGTERM: it finishes its batch, commits and prints its stats
+    (exit 0). Before, SIGTERM killed it (-15) without a word."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from arena_flywheel.events import Battle, Contestant, Message
+    from arena_flywheel.kafka import Publisher
+    from tests.conftest import ROOT
+
+    with Publisher(cfg) as pub:
+        for i in range(20):
+            pub.send(Battle(instruction_id=f"ins-{i}", messages=[Message(role="user", content=f"What is {i}*7?")],
+                            reference=str(i * 7),
+                            a=Contestant(response_id=f"ra{i}", model="ace", answers=[str(i * 7)]),
+                            b=Contestant(response_id=f"rb{i}", model="bob", answers=[str(i * 7 + 1)])))
+        pub.flush()
+    env = {k: v for k, v in os.environ.items() if k != "ARENA_CONFIG"}
+    env.update(KAFKA_BOOTSTRAP_SERVERS=cfg.kafka.bootstrap_servers, ARENA_TOPIC_PREFIX=cfg.kafka.topic_prefix)
+    p = subprocess.Popen([str(ROOT / ".venv" / "bin" / "arena"), "judge", "--stats-every", "0.2"], cwd=tmp_path,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        seen = ""
+        deadline = time.monotonic() + 60
+        while "20 battles judged" not in seen and time.monotonic() < deadline and p.poll() is None:
+            seen += p.stderr.readline()
+        assert "20 battles judged" in seen, seen
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1])["battles"] == 20

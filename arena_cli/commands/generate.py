@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
-import threading
 
 from pydantic import ValidationError
 
@@ -14,6 +12,7 @@ from consumers.backends import BackendError, create_backend
 from consumers.generate import GenerationPool, eval_group, train_group
 
 from ..progress import ServiceProgress, generate_line
+from ..stopping import stop_on_signals
 
 
 
@@ -80,24 +79,19 @@ def run(args, cfg: Config) -> int:
     logging.getLogger(GenerationPool.__module__).setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
     if not logging.getLogger().handlers:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
-        if threading.current_thread() is threading.main_thread() else None
     progress = ServiceProgress(lambda: pool.stats(), generate_line, every_s=0)  # a live line on a terminal
     # piped: the pool's own stats line every --stats-every seconds; on a terminal the live line replaces it
     pool = GenerationPool(cfg, comp, backend, log_every_s=0 if progress.live else args.stats_every)
     print(f"generation pool {comp.name} ({comp.backend}: {comp.model}) on {cfg.kafka.bootstrap_servers}; "
           f"groups {train_group(cfg, comp.name)} / {eval_group(cfg, comp.name, '<checkpoint>')}", flush=True)
     try:
-        with progress:
+        with stop_on_signals() as stop, progress:
             pool.run(stop, max_idle_s=args.max_idle)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # asked twice: the batch in flight is redelivered (at-least-once)
         pass
     except BackendError as exc:
         raise UsageError(f"competitor {comp.name!r}: {exc}") from None
     finally:
         backend.close()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     print(json.dumps(pool.stats(), sort_keys=True), flush=True)
     return 0

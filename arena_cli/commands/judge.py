@@ -8,6 +8,7 @@ from arena_flywheel.errors import UsageError, need_broker
 from consumers.judge import JudgePool
 
 from ..progress import ServiceProgress, judge_line
+from ..stopping import stop_on_signals
 
 
 
@@ -22,7 +23,7 @@ def run(args, cfg: Config) -> int:
     if args.stats_every < 0:
         raise UsageError("--stats-every must be 0 (never) or a number of seconds, e.g. --stats-every 30")
     pool = JudgePool(cfg)
-    with ServiceProgress(pool.stats, judge_line, every_s=args.stats_every):  # a live line on a terminal
-        stats = pool.run(max_idle_s=args.max_idle)
+    with stop_on_signals() as stop, ServiceProgress(pool.stats, judge_line, every_s=args.stats_every):
+        stats = pool.run(stop, max_idle_s=args.max_idle)  # a live line on a terminal
     print(json.dumps(stats, sort_keys=True), flush=True)
     return 0

@@ -1,13 +1,13 @@
 """`arena ledger`: sink every event into SQL (SQLite or PostgreSQL) until Ctrl-C or --max-idle."""
 from __future__ import annotations
 
-import signal
 import sys
-import threading
 
 from arena_flywheel.broker import kafka_for
 from arena_flywheel.config import Config
 from consumers.ledger import Ledger, group_id
+
+from ..stopping import stop_on_signals
 
 
 
@@ -21,9 +21,7 @@ def run(args, cfg: Config) -> int:
     if not cfg.kafka.bootstrap_servers:
         print("arena ledger: no KAFKA_BOOTSTRAP_SERVERS; starting an embedded broker (its topics live only "
               "while this runs)", file=sys.stderr)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with kafka_for(cfg) as (kcfg, _embedded):
+    with stop_on_signals() as stop, kafka_for(cfg) as (kcfg, _embedded):
         ledger = Ledger(kcfg)
         print(f"arena ledger: {', '.join(ledger.topics)} -> {cfg.db.url} (group {group_id(kcfg)}); Ctrl-C stops",
               file=sys.stderr)

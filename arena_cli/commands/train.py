@@ -3,13 +3,13 @@ round trains as a launched job (`trainer.launcher`, `trainer.accelerate_config`;
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 
 from arena_flywheel.config import Config
 from arena_flywheel.errors import UsageError, need_broker
 from trainer.job import JobRunner
 from trainer.service import TrainerService, group_id
+
+from ..stopping import stop_on_signals
 
 
 
@@ -40,17 +40,12 @@ def run(args, cfg: Config) -> int:
     # a closed round and its training job (started, where its log is) are the foreground command's output
     for name in (TrainerService.__module__, JobRunner.__module__):
         logging.getLogger(name).setLevel(min(logging.getLogger().getEffectiveLevel(), logging.INFO))
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set()) \
-        if threading.current_thread() is threading.main_thread() else None
     print(f"trainer on {cfg.kafka.bootstrap_servers}: group {group_id(cfg)}, rounds of {cfg.trainer.batch_size}, "
           f"stages {' -> '.join(cfg.trainer.stages)}", flush=True)
     try:
-        rounds = TrainerService(cfg).run(stop, max_idle_s=args.max_idle)
-    except KeyboardInterrupt:
+        with stop_on_signals() as stop:
+            rounds = TrainerService(cfg).run(stop, max_idle_s=args.max_idle)
+    except KeyboardInterrupt:  # asked twice: the round in flight is not committed and is read again
         rounds = []
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     print(f"trained {sum(r.checkpoint is not None for r in rounds)} round(s)")
     return 0
