@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from arena_flywheel.broker import local_broker
+from arena_flywheel.registration import local_broker
 from arena_flywheel.config import load_config
 from arena_flywheel.errors import ArenaError
 

@@ -170,7 +170,7 @@ def test_services_find_the_broker_arena_broker_runs_here(env, monkeypatch, capsy
     import sys
     import time
 
-    from arena_flywheel.broker import local_broker
+    from arena_flywheel.registration import local_broker
 
     # no broker yet: a service says how to get one, in one line
     err = _one_line_error(capsys, ["checkpoint", "list"], "checkpoint")

@@ -1,10 +1,10 @@
 """`arena broker`: the embedded Tansu broker in the foreground."""
 from __future__ import annotations
 
-import signal
-import threading
+from arena_flywheel.broker import EmbeddedBroker, kafka_for
+from arena_flywheel.registration import registered
 
-from arena_flywheel.broker import EmbeddedBroker, kafka_for, registered
+from ..stopping import stop_on_signals
 
 
 
@@ -25,11 +25,10 @@ def run(args, cfg):
             print(f"Tansu broker listening on {broker.bootstrap}. `arena` commands run from this directory use "
                   f"it (registered in {reg}); elsewhere: export KAFKA_BOOTSTRAP_SERVERS={broker.bootstrap}   "
                   f"(Ctrl-C stops; topics live in memory)", flush=True)
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
             try:
-                while not stop.wait(1) and broker.proc and broker.proc.poll() is None:
-                    pass
+                with stop_on_signals() as stop:
+                    while not stop.wait(1) and broker.proc and broker.proc.poll() is None:
+                        pass
             except KeyboardInterrupt:
                 pass
     return 0

@@ -15,11 +15,11 @@ import json
 import math
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, Iterable, TextIO
 
 import numpy as np
-import sqlalchemy as sa
 
 from arena_flywheel.columns import battle_counts
 from arena_flywheel.errors import InputError, UsageError
@@ -27,7 +27,6 @@ from arena_flywheel.events import competitor_name
 from arena_flywheel.judgments import FORMATS, detect, read_judged
 from arena_flywheel.records import read_records
 from arena_flywheel.ratings import BradleyTerry, PairCounts, Row, StyleControlledBT
-from arena_flywheel.store import open_ledger
 from arena_flywheel.style import STYLE_FIELDS, answer_counts
 
 
@@ -193,27 +192,36 @@ def file_views(path: str, tie_margin: float = 0.0, split: str | None = None, lim
     return read_file(path, tie_margin, split, limits, category)
 
 
-def ledger_verdicts(url: str, split: str) -> list[tuple[str, str, str]]:
-    """(competitor_a, competitor_b, winner) of the ledger's verdicts of `split`."""
+@contextmanager
+def reading_ledger(url: str):
+    """The ledger at `url`, with a database error as a one-line usage error. The store (SQLAlchemy, SQLModel)
+    is imported here and not at the top: it is about a fifth of a file's whole `arena leaderboard` and no file
+    path uses it (docs/architecture.md names this one lazy project import and why)."""
+    import sqlalchemy as sa
+
+    from arena_flywheel.store import open_ledger  # lazy: see the docstring
+
     with open_ledger(url) as store:
         try:
-            return store.battles(split)
+            yield store
         except sa.exc.SQLAlchemyError as exc:
             raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__}); run `arena ledger` "
                              "first or pass --battles FILE") from None
+
+
+def ledger_verdicts(url: str, split: str) -> list[tuple[str, str, str]]:
+    """(competitor_a, competitor_b, winner) of the ledger's verdicts of `split`."""
+    with reading_ledger(url) as store:
+        return store.battles(split)
 
 
 def ledger_counts(url: str, split: str) -> PairCounts:
     """Pairwise counts of the ledger's verdicts of `split`, counted by the database (GROUP BY): a million
     verdicts come back as a few thousand (a, b, winner, n) rows."""
     counts = PairCounts()
-    with open_ledger(url) as store:
-        try:
-            for a, b, w, n in store.battle_counts(split):
-                counts.add(a, b, w, n=n)
-        except sa.exc.SQLAlchemyError as exc:
-            raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__}); run `arena ledger` "
-                             "first or pass --battles FILE") from None
+    with reading_ledger(url) as store:
+        for a, b, w, n in store.battle_counts(split):
+            counts.add(a, b, w, n=n)
     return counts
 
 
@@ -258,13 +266,9 @@ def ledger_style(url: str, split: str) -> StyleData:
     """Style-control data of the ledger's verdicts of `split`: each verdict's battle holds both answers, whose
     style counts (arena_flywheel/style.py) are the covariates; verdicts whose battle is not in the ledger are
     left out (the caller rates the battles it gets), and none at all is a usage error."""
-    with open_ledger(url) as store:
-        try:
-            battles = {p["id"]: p for p in store.payloads("battle", split=split)}
-            verdicts = store.payloads("verdict", split=split)
-        except sa.exc.SQLAlchemyError as exc:
-            raise UsageError(f"{url}: cannot read the ledger ({exc.__class__.__name__}); run `arena ledger` "
-                             "first or pass --battles FILE") from None
+    with reading_ledger(url) as store:
+        battles = {p["id"]: p for p in store.payloads("battle", split=split)}
+        verdicts = store.payloads("verdict", split=split)
     a, b, w, xa, xb = [], [], [], [], []
     for v in verdicts:
         bt = battles.get(v.get("battle_id"))
