@@ -11,7 +11,12 @@ notebook/benchmark_statistics.ipynb), over the pairs of models the name map pair
 - separability: share of all pairs the benchmark separates.
 - agreement_with_confidence: over the pairs the REFERENCE separates, 1 when the benchmark separates them in
   the same order, 0.5 when the benchmark's intervals overlap, 0 when it separates them in the opposite
-  order; the mean (None when the reference separates no pair).
+  order; the mean (None when the reference separates no pair). As the notebook's agreement cell computes it
+  (`get_overlap`), "separates" here means the two intervals share no stretch of positive length, so a point
+  interval inside another (the reference's anchor, CI [1114, 1114]; a benchmark's baseline at exactly 50) is
+  separated from it, and the order of a separated pair is that of the (lower, upper) tuples; the separability
+  cell counts such a pair as overlapping, and so does `separation()` below. This is what makes the paper's
+  160/177 = 0.9040 (see agreement_separation).
 - strict_agreement: share of all pairs whose point scores are in the same strict order on both boards.
 - spearman (and the extra kendall_tau): rank correlation of the point scores (None when undefined).
 - brier: mean over all pairs of (P - y)^2 with P = Phi((mu_a - mu_b) / sqrt(var_a + var_b)), the normal
@@ -143,6 +148,17 @@ def separation(a: dict, b: dict) -> int:
     return 0
 
 
+def agreement_separation(a: dict, b: dict) -> tuple[bool, int]:
+    """(separated, order) as the notebook's agreement cell decides them: separated when the intervals overlap
+    by no positive length (max(0, min(upper) - max(lower)) == 0: touching, disjoint, or a point inside or at
+    an interval); order +1 / -1 when a's (lower, upper) is above / below b's, 0 when they are equal (two equal
+    points: separated, but in no order, so such a pair scores 0 on either side)."""
+    if min(a["upper"], b["upper"]) - max(a["lower"], b["lower"]) > 0:
+        return False, 0
+    ta, tb = (a["lower"], a["upper"]), (b["lower"], b["upper"])
+    return True, (ta > tb) - (ta < tb)
+
+
 def _normal(e: dict) -> tuple[float, float]:
     """(mean, variance) of a model's score: its bootstrap samples (population variance, as np.var), or
     the point score with sigma read off its 95% interval."""
@@ -191,15 +207,16 @@ def compute(bench: dict, ref: dict, name_map: dict[str, str]) -> dict:
     agreement, brier, brier_ref_sep, logloss = [], [], [], []
     for i, j in pairs:
         bi, bj, ri, rj = bench[i], bench[j], ref[name_map[i]], ref[name_map[j]]
-        s, r = separation(bi, bj), separation(ri, rj)
-        bench_sep += s != 0
+        bench_sep += separation(bi, bj) != 0
         order = _sign(ri["score"] - rj["score"])
         strict += order != 0 and _sign(bi["score"] - bj["score"]) == order
-        if r:
-            agreement.append(1.0 if s == r else 0.5 if s == 0 else 0.0)
+        ref_sep, r = agreement_separation(ri, rj)
+        if ref_sep:
+            bench_apart, s = agreement_separation(bi, bj)
+            agreement.append(0.5 if not bench_apart else 1.0 if s != 0 and s == r else 0.0)
         p, y = prob_above(bi, bj), (order + 1) / 2  # y: 1 when the reference rates i above j, 0.5 on a tie
         brier.append((p - y) ** 2)
-        if r:
+        if ref_sep:
             brier_ref_sep.append((p - y) ** 2)
         pc = min(max(p, _EPS), 1 - _EPS)
         logloss.append(-(y * math.log(pc) + (1 - y) * math.log(1 - pc)))

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from arena_cli.main import main
-from arena_flywheel.consistency import GROUPS, Z95, compute, load_board, prob_above, separation
+from arena_flywheel.consistency import (GROUPS, Z95, agreement_separation, compute, load_board, prob_above,
+                                        separation)
 from arena_flywheel.errors import InputError
 from conftest import shared_data
 
@@ -27,6 +28,27 @@ def test_separation_touching_points_and_ties():
     assert separation(b(5, 5, 5), b(5, 5, 5)) == 0    # two equal points: a tie, not separated
     assert separation(b(5, 5, 5), b(5, 3, 7)) == 0    # a point inside an interval overlaps it
     assert separation(b(5, 5, 5), b(6, 6, 6)) == -1   # two different points (a board without CIs)
+
+
+def test_agreement_separation_is_the_notebook_agreement_cells():
+    """Hand cases of the agreement cell's test (max(0, min(upper) - max(lower)) > 0 is an overlap; else the
+    (lower, upper) tuples order the pair), where it differs from separation()."""
+    assert agreement_separation(b(5, 5, 5), b(5, 3, 7)) == (True, 1)    # a point inside: separated, (5,5) > (3,7)
+    assert separation(b(5, 5, 5), b(5, 3, 7)) == 0                      # ... which separability calls overlap
+    assert agreement_separation(b(5, 3, 7), b(5, 5, 5)) == (True, -1)
+    assert agreement_separation(b(0, 2, 3), b(0, 1, 2)) == (True, 1)    # touching: separated, as in separation()
+    assert agreement_separation(b(0, 1, 2.5), b(0, 2, 3)) == (False, 0)  # share [2, 2.5]
+    assert agreement_separation(b(5, 5, 5), b(5, 5, 5)) == (True, 0)    # equal points: separated, in no order
+    # two models: the reference's anchor point sits inside the other's CI, the benchmark separates them in
+    # the tuple order -> that pair counts, and scores 1; in the reverse order it scores 0; overlapping, 0.5
+    ref = {"x": b(1114, 1114, 1114), "y": b(1110, 1100, 1120)}
+    for bx, by, want in ((b(60, 55, 65), b(40, 35, 45), 1.0), (b(40, 35, 45), b(60, 55, 65), 0.0),
+                         (b(50, 45, 55), b(48, 44, 52), 0.5)):
+        r = compute({"x": bx, "y": by}, ref, {"x": "x", "y": "y"})
+        assert (r["reference_separable_pairs"], r["agreement_with_confidence"]) == (1, want)
+    # equal reference points: separated in no order, so even a benchmark that separates them scores 0
+    r = compute({"x": b(60, 55, 65), "y": b(40, 35, 45)}, {"x": b(9, 9, 9), "y": b(9, 9, 9)}, {"x": "x", "y": "y"})
+    assert (r["reference_separable_pairs"], r["agreement_with_confidence"]) == (1, 0.0)
 
 
 def test_four_models_agreement_separability_and_the_paper_triple():
@@ -167,19 +189,20 @@ ARENA_HARD_20 = [  # (arena-hard name, Chatbot Arena name, score, lower, upper)
 
 def test_arena_hard_auto_published_table():
     """The paper's Arena-Hard-Auto row against the Chatbot Arena of 2024-03-29: separability 84.21%
-    (160/190), Spearman 0.9323, strict agreement 0.9158 (174/190), reproduced exactly. Agreement with
-    confidence is 159/174 = 0.9138 here; the notebook printed 160/177 = 0.9040 because its agreement cell
-    counts a point interval inside another interval as separated (its separability cell does not): the
-    reference's anchor mixtral-8x7b-instruct-v0.1 has the point CI [1114, 1114], inside the CIs of
-    gpt-3.5-turbo-0613, gemini-pro and claude-2.1 (3 more pairs), and the benchmark's baseline gpt-4-0314
-    (the point 50) sits inside claude-3-sonnet's CI. We count those pairs as overlapping, as separability does."""
+    (160/190), Spearman 0.9323, strict agreement 0.9158 (174/190) and agreement with confidence 160/177 =
+    0.903954802259887, all as the notebook printed them. The last needs the agreement cell's own overlap test:
+    a point interval inside another is separated there (the reference's anchor mixtral-8x7b-instruct-v0.1, CI
+    [1114, 1114], against gpt-3.5-turbo-0613, gemini-pro and claude-2.1: 3 more reference-separable pairs; the
+    benchmark's baseline gpt-4-0314, the point 50, against claude-3-sonnet); counted as overlapping, as the
+    separability cell does, it was 159/174 = 0.9138."""
     ref = load_board(shared_data(REFERENCE))
     bench = {m: b(s, lo, hi) for m, _, s, lo, hi in ARENA_HARD_20}
     r = compute(bench, ref, {m: arena for m, arena, *_ in ARENA_HARD_20})
     assert r["separability"] == pytest.approx(160 / 190)
     assert r["spearman"] == pytest.approx(0.932330827067669)
     assert r["strict_agreement"] == pytest.approx(0.9157894736842105)
-    assert (r["reference_separable_pairs"], r["agreement_with_confidence"]) == (174, pytest.approx(159 / 174))
+    assert (r["reference_separable_pairs"], r["agreement_with_confidence"]) == (177, pytest.approx(160 / 177))
+    assert r["agreement_with_confidence"] == pytest.approx(0.903954802259887, abs=1e-15)
 
 
 def test_real_reference_against_itself():
