@@ -138,11 +138,24 @@ def limits_of(limits: Any = None) -> LimitsConfig:
 _DEFAULT_LIMITS = LimitsConfig()
 
 
+BattlePlan = Literal["target-vs-all", "round-robin", "sampled"]
+
+
 class ArenaConfig(Section):
-    battle_plan: Literal["target-vs-all", "round-robin", "sampled"] = "target-vs-all"
+    battle_plan: BattlePlan = Field("target-vs-all", description="how the pairing agent pairs an instruction's "
+                                    "competitors, on both splits unless a split names its own plan below")
+    eval_battle_plan: BattlePlan | None = Field(None, description="the eval split's plan (default: battle_plan); "
+                                                "round-robin rates the fixed opponents against each other too")
+    train_battle_plan: BattlePlan | None = Field(None, description="the train split's plan (default: "
+                                                 "battle_plan); target-vs-all finds the targets' losses")
     targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")
     sampled_k: int = Field(2, ge=1)
     seed: int = 0
+
+    def plan_for(self, split: str) -> str:
+        """The battle plan of `split` (eval or train)."""
+        own = {"eval": self.eval_battle_plan, "train": self.train_battle_plan}.get(split)
+        return own or self.battle_plan
 
 
 class RatingsConfig(Section):
@@ -260,6 +273,8 @@ _EXAMPLES: dict[str, str] = {
     "judge.policy": '"score-sum"',
     "judge.backend": '"reference"',
     "arena.battle_plan": '"target-vs-all"',
+    "arena.eval_battle_plan": '"round-robin"',
+    "arena.train_battle_plan": '"target-vs-all"',
     "trainer.stages": '["sft", "dpo"]',
     "trainer.stage_args": '{dpo = {beta = 0.1, num_train_epochs = 2}}',
 }

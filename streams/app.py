@@ -161,7 +161,7 @@ class Stream:
                 if ins is None:  # a response before its instruction: kept; battles come with the instruction
                     self._put(self.pairing, p, f"r:{iid}", rec)
                     continue
-                battles = S.new_battles(ins, rec, iid, cfg.arena.battle_plan, targets,
+                battles = S.new_battles(ins, rec, iid, cfg.arena.plan_for(ins["split"]), targets,
                                         cfg.arena.sampled_k, cfg.arena.seed)
                 # battles first, then the record that says they were sent: a crash in between re-sends
                 # them (same ids) instead of losing them

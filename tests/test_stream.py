@@ -140,7 +140,8 @@ def test_plans_pair_competitors_as_documented():
 
 @pytest.mark.slow
 def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker_for):
-    worker_for(battle_plan="target-vs-all", targets=["tgt"])
+    # per-split plans: the train split finds the target's losses, the eval split rates everyone against everyone
+    worker_for(battle_plan="target-vs-all", eval_battle_plan="round-robin", targets=["tgt"])
     pub = Publisher(cfg)
     early = instruction(1)
     # responses before their instruction: the battles must come when the instruction arrives
@@ -156,7 +157,7 @@ def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker
     pub.flush()
     pub.close()
     expected = {(early.id, frozenset(p)) for p in [("tgt", "x"), ("tgt", "y"), ("tgt@c1", "x"), ("tgt@c1", "y")]}
-    expected |= {(late.id, frozenset(p)) for p in [("tgt", "x"), ("tgt", "y")]}
+    expected |= {(late.id, frozenset(p)) for p in [("tgt", "x"), ("tgt", "y"), ("x", "y")]}
     events = read_all(cfg, ["battles", "deadletter"],
                       lambda got: sum(e.SCHEMA == "arena.battle" for e in got) >= len(expected)
                       and any(e.SCHEMA == "arena.deadletter" for e in got))
@@ -166,6 +167,8 @@ def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker
     assert len({b.id for b in battles}) == len(battles) == len(expected)
     b = next(b for b in battles if b.instruction_id == early.id)
     assert b.messages == early.messages and b.reference == "1" and b.split == "train"
+    assert {b.plan for b in battles if b.instruction_id == late.id} == {"round-robin"}
+    assert {b.plan for b in battles if b.instruction_id == early.id} == {"target-vs-all"}
     assert b.a.response_id < b.b.response_id
     dl = [e for e in events if e.SCHEMA == "arena.deadletter"]
     assert dl and "invalid JSON" in dl[0].reason and dl[0].source.startswith(cfg.topic("responses"))

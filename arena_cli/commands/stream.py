@@ -25,8 +25,10 @@ def add_arguments(p) -> None:
 def run(args, cfg: Config) -> int:
     if not 0 < args.web_port < 65536:
         raise UsageError("--web-port must be 1..65535, e.g. --web-port 6066")
-    if cfg.arena.battle_plan == "target-vs-all" and not cfg.arena.targets:
-        log.warning("battle plan target-vs-all with no arena.targets: the pairing agent makes no battles")
+    for split in ("eval", "train"):
+        if cfg.arena.plan_for(split) == "target-vs-all" and not cfg.arena.targets:
+            log.warning("battle plan target-vs-all on %s with no arena.targets: the pairing agent makes no %s "
+                        "battles", split, split)
     with kafka_for(cfg) as (cfg, embedded):
         if embedded:
             print(f"arena stream: embedded broker at {cfg.kafka.bootstrap_servers} (topics vanish on exit)",
