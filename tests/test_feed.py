@@ -152,6 +152,25 @@ def test_cli_feed_then_export(tmp_path):
     assert r.returncode == 2 and "no such file" in r.stderr and "Traceback" not in r.stderr
 
 
+def _follow(grow, env, sigint, stored: int):
+    """`arena feed GROW --follow` started with SIGINT set to `sigint`, once the ledger holds `stored` rows."""
+    import signal
+    import time
+
+    p = subprocess.Popen([str(ROOT / ".venv" / "bin" / "arena"), "feed", str(grow), "--follow"], cwd=grow.parent,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, sigint))
+    store = LedgerStore(env["ARENA_DB_URL"])
+    deadline = time.monotonic() + 60
+    while store.count("instruction") < stored and time.monotonic() < deadline and p.poll() is None:
+        time.sleep(0.1)  # the follower has read and stored the file's lines so far
+    if store.count("instruction") != stored:
+        p.kill()
+        raise AssertionError(f"the follower stored {store.count('instruction')} rows, not {stored}: "
+                             f"{p.communicate()[1]}")
+    return p, store
+
+
 @pytest.mark.slow
 def test_cli_stdin_and_follow(tmp_path):
     import signal
@@ -166,15 +185,8 @@ def test_cli_stdin_and_follow(tmp_path):
     grow.write_text(json.dumps({"prompt": "first"}) + "\n")
     # Ctrl-C at a terminal: SIGINT with its default disposition (this test may itself run as a background job
     # of a script, which ignores SIGINT, and a child inherits that)
-    p = subprocess.Popen([arena, "feed", str(grow), "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    store = LedgerStore(env["ARENA_DB_URL"])
+    p, store = _follow(grow, env, signal.SIG_DFL, stored=2)
     try:
-        deadline = time.monotonic() + 60
-        while store.count("instruction") < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)  # the follower has read and stored the file's first line
-        assert store.count("instruction") == 2
         with grow.open("a") as f:  # a line written in two parts: only the complete line is read
             f.write('{"prompt": "sec')
             f.flush()
@@ -202,19 +214,11 @@ def test_follow_in_the_background_stops_on_sigterm_and_stores_everything(tmp_pat
     import signal
     import time
 
-    arena = str(ROOT / ".venv" / "bin" / "arena")
     env = _cli_env(tmp_path)
     grow = tmp_path / "grow.jsonl"
     grow.write_text(json.dumps({"prompt": "first"}) + "\n")
-    p = subprocess.Popen([arena, "feed", str(grow), "--follow"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True,
-                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
-    store = LedgerStore(env["ARENA_DB_URL"])
+    p, store = _follow(grow, env, signal.SIG_IGN, stored=1)
     try:
-        deadline = time.monotonic() + 60
-        while store.count("instruction") < 1 and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert store.count("instruction") == 1
         p.send_signal(signal.SIGINT)  # ignored, as the shell asked
         with grow.open("a") as f:
             f.write(json.dumps({"prompt": "second"}) + "\n")

@@ -67,21 +67,26 @@ def test_judge_refuses_a_negative_stats_interval(tmp_path, monkeypatch, capsys):
     assert err.startswith("arena judge: --stats-every") and "Traceback" not in err
 
 
-@pytest.mark.slow
-def test_arena_judge_logs_its_progress_over_a_real_broker(cfg, monkeypatch, caplog, capsys):
-    """The user's path: `arena judge` piped (as under a supervisor) on real battles logs progress lines."""
-    import json
-
+def _publish_battles(cfg, n: int) -> None:
+    """n arithmetic battles the reference judge decides: ace answers right, bob one off."""
     from arena_flywheel.events import Battle, Contestant, Message
     from arena_flywheel.kafka import Publisher
 
     with Publisher(cfg) as pub:
-        for i in range(40):
+        for i in range(n):
             pub.send(Battle(instruction_id=f"ins-{i}", messages=[Message(role="user", content=f"What is {i}*7?")],
                             reference=str(i * 7),
                             a=Contestant(response_id=f"ra{i}", model="ace", answers=[str(i * 7)]),
                             b=Contestant(response_id=f"rb{i}", model="bob", answers=[str(i * 7 + 1)])))
         pub.flush()
+
+
+@pytest.mark.slow
+def test_arena_judge_logs_its_progress_over_a_real_broker(cfg, monkeypatch, caplog, capsys):
+    """The user's path: `arena judge` piped (as under a supervisor) on real battles logs progress lines."""
+    import json
+
+    _publish_battles(cfg, 40)
     monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", cfg.kafka.bootstrap_servers)
     monkeypatch.setenv("ARENA_TOPIC_PREFIX", cfg.kafka.topic_prefix)
     caplog.set_level(logging.INFO, logger="arena.progress")
@@ -101,17 +106,9 @@ def test_arena_judge_stops_on_sigterm_with_its_summary(cfg, tmp_path):
     import signal
     import subprocess
 
-    from arena_flywheel.events import Battle, Contestant, Message
-    from arena_flywheel.kafka import Publisher
     from tests.conftest import ROOT
 
-    with Publisher(cfg) as pub:
-        for i in range(20):
-            pub.send(Battle(instruction_id=f"ins-{i}", messages=[Message(role="user", content=f"What is {i}*7?")],
-                            reference=str(i * 7),
-                            a=Contestant(response_id=f"ra{i}", model="ace", answers=[str(i * 7)]),
-                            b=Contestant(response_id=f"rb{i}", model="bob", answers=[str(i * 7 + 1)])))
-        pub.flush()
+    _publish_battles(cfg, 20)
     env = {k: v for k, v in os.environ.items() if k != "ARENA_CONFIG"}
     env.update(KAFKA_BOOTSTRAP_SERVERS=cfg.kafka.bootstrap_servers, ARENA_TOPIC_PREFIX=cfg.kafka.topic_prefix)
     p = subprocess.Popen([str(ROOT / ".venv" / "bin" / "arena"), "judge", "--stats-every", "0.2"], cwd=tmp_path,
