@@ -9,7 +9,6 @@ publishes its partitions' counts to the snapshots topic and serves the merge of 
 """
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os
@@ -405,12 +404,24 @@ class Stream:
             self._published[p] = (st["offset"], now)
             self.view.add(snap)  # this worker's own view need not wait for the round trip
 
+    def create_topics(self) -> None:
+        """Create the snapshots topic; call it before the worker starts (`arena stream` does). The worker's one
+        producer asks the broker for the metadata of every topic until it is sent to a topic it does not
+        know; from then on aiokafka asks only for the topics it had to look up, so the first snapshot sent to
+        a topic created while the worker ran dropped the battles and changelog topics from its metadata:
+        their queued batches had no leader and were never sent, and the pairing agent and every commit
+        waited on them for good (the stall of docs/recipes/replay-vicuna-eval.sh; docs/streams.md)."""
+        ensure_topics(self.cfg, [V.TOPIC])
+        self._snapshots_ready = True
+
     async def read_snapshots(self) -> None:
         """Follow the snapshots topic from its beginning (no group: every worker reads every partition's
         snapshots) into the global view. Compaction keeps the latest per partition on Apache Kafka."""
         topic = self.cfg.topic(V.TOPIC.name)
-        await asyncio.to_thread(ensure_topics, self.cfg, [V.TOPIC])
-        self._snapshots_ready = True
+        if not self._snapshots_ready:  # never created here: see create_topics
+            log.warning("no snapshots topic: Stream.create_topics() was not called before the worker started; "
+                        "this worker serves its own partitions only")
+            return
         consumer = AIOKafkaConsumer(bootstrap_servers=self.cfg.kafka.bootstrap_servers, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     fetch_max_wait_ms=self.cfg.kafka.fetch_max_wait_ms)

@@ -10,11 +10,11 @@ import pytest
 
 from arena_flywheel.config import load_config
 from arena_flywheel.events import BadEvent, DeadLetter
-from arena_flywheel.kafka import Publisher, read_topic
+from arena_flywheel.kafka import Publisher, make_consumer, read_topic
 from arena_flywheel.ratings import BradleyTerry, PairCounts
 from streams import state as S
 from streams import view as V
-from test_stream import verdict, wait_for, worker_for  # noqa: F401 - worker_for is a fixture: real workers
+from test_stream import instruction, read_all, response, verdict, wait_for, worker_for  # noqa: F401 - worker_for is a fixture
 
 LIMITS = load_config(env={}).limits
 
@@ -161,3 +161,67 @@ def test_two_workers_serve_the_whole_arena_through_a_late_join_and_a_kill9(cfg, 
     assert dead and dead[0].source == f"{cfg.topic(V.TOPIC.name)}[0]@{dead[0].source.rsplit('@', 1)[1]}"
     assert "invalid JSON" in dead[0].reason
     assert serves_exactly(a.leaderboard(), everything, parts)
+
+
+@pytest.mark.slow
+def test_the_first_snapshot_does_not_stall_the_pairing_agent_or_the_shutdown(cfg, worker_for):
+    """The replay recipe's stall: the worker's first snapshot went to a topic the worker created while it ran,
+    which narrowed its producer's metadata to that topic (Stream.create_topics): a battle batch queued then
+    never found its leader, and the pairing agent, every commit and SIGTERM waited on it for good. The
+    verdicts and a backlog of responses are there when the worker starts, so that its first snapshot is
+    sent while the pairing agent works through the backlog. End to end, the stall depends on timing (this
+    caught it in about one run of three without the fix); the next test checks its cause every time."""
+    models = ["m0", "m1", "m2", "m3"]
+    instructions = [instruction(i, "eval") for i in range(150)]
+    verdicts = iter(arena_verdicts(len(instructions) * 6, "snap", random.Random(7)))
+    with Publisher(cfg) as pub:
+        for ins in instructions:
+            pub.send(ins)
+            for m in models:
+                pub.send(response(ins, m))
+            for _ in range(6):
+                pub.send(next(verdicts))
+    w = worker_for(battle_plan="round-robin")
+    want = len(instructions) * 6  # 4 models: 6 pairs per instruction
+    battles = read_all(cfg, ["battles"], lambda got: len(got) >= want, timeout=30, settle=0.5)
+    c = make_consumer(cfg, [cfg.topic(V.TOPIC.name)], None)
+    try:  # the trigger happened: the worker published snapshots
+        assert wait_for(lambda: c.poll(200), timeout=10), "no snapshot published"
+    finally:
+        c.close()
+    assert len({b.id for b in battles}) == want, f"{len(battles)} of {want} battles"
+    w.proc.terminate()
+    w.proc.wait(30)  # raises if the worker ignores SIGTERM (its producer's flush waited for good)
+
+
+@pytest.mark.slow
+def test_a_snapshot_leaves_every_topic_in_the_worker_producers_metadata(cfg, tmp_path):
+    """The precondition of that stall, deterministically: the worker's producer (Faust's, one per worker)
+    asks for every topic's metadata until it is sent to a topic it does not know. A snapshot sent to a
+    topic created after the producer started made aiokafka track that topic alone, and the next refresh
+    dropped the battles and changelog topics (their queued batches had no leader from then on)."""
+    import asyncio
+
+    from aiokafka import TopicPartition
+
+    from streams.app import Stream
+
+    stream = Stream(cfg, web=False, datadir=str(tmp_path / "faust"))
+    stream.create_topics()  # what `arena stream` does before the worker starts
+    topics = [cfg.topic("battles"), cfg.topic(V.TOPIC.name)]
+
+    async def go():
+        producer = stream.app.producer
+        await producer.start()
+        try:
+            await (await stream.t_battles.send(key=b"b", value=b"{}", partition=0))
+            snap = V.snapshot_of(0, state(0, 1, {}), "test", 1.0)
+            await (await stream.t_snapshots.send(key=b"0", value=V.encode(snap)))
+            client = producer._ensure_producer().client
+            await client.force_metadata_update()
+            return {t: client.cluster.leader_for_partition(TopicPartition(t, 0)) for t in topics}
+        finally:
+            await producer.stop()
+
+    leaders = asyncio.run(go())
+    assert all(leader is not None for leader in leaders.values()), leaders
