@@ -149,11 +149,6 @@ class ArenaConfig(Section):
     train_battle_plan: BattlePlan | None = Field(None, description="the train split's plan (default: "
                                                  "battle_plan); target-vs-all finds the targets' losses")
     targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")
-    pairing_records: int = Field(20_000, ge=1, description=(
-        "train instructions per partition whose pairing records (instruction, responses, battles sent) the "
-        "stream keeps once they have sent battles, the least recently paired dropped first; a train response "
-        "that arrives after that makes no battle. Instructions still waiting for responses, and every eval "
-        "record (new checkpoints pair on the eval set again), are kept"))
     sampled_k: int = Field(2, ge=1)
     seed: int = 0
 

@@ -135,9 +135,6 @@ class Stream:
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
         self.view = V.GlobalView()
         self._parts: dict[int, _Partition] = {}
-        # per partition: train instructions whose pairing records are kept (arena.pairing_records)
-        self._pairing_kept: dict[int, S.Retention] = {}
-        self._pairing_expired: dict[int, list[str]] = {}
         self._published: dict[int, tuple[int, float]] = {}  # partition -> (offset, time) last published
         self._snapshots_ready = False  # the snapshots topic exists
         self._fit_key: tuple | None = None  # the partitions' offsets the served fit was made from
@@ -213,7 +210,6 @@ class Stream:
                     continue
                 if ins is None:  # a response before its instruction: kept; battles come with the instruction
                     await self._put(self.pairing, p, f"r:{iid}", rec)
-                    await self._keep_pairing(p, iid, ev.split)  # (or after it was dropped: then never)
                     continue
                 battles = S.new_battles(ins, rec, iid, cfg.arena.plan_for(ins["split"]), targets,
                                         cfg.arena.sampled_k, cfg.arena.seed)
@@ -223,8 +219,6 @@ class Stream:
                     await self.t_battles.send(key=b.kafka_key().encode(), value=b.encode())
                 self.stats["battles"] += len(battles)
                 await self._put(self.pairing, p, f"r:{iid}", rec)
-                if battles:
-                    await self._keep_pairing(p, iid, ins["split"])
 
         @app.agent(self.t_verdicts, name="ratings")
         async def ratings(stream):
@@ -329,29 +323,6 @@ class Stream:
                             p, nxt, e.message.offset - 1, applied)
             nxt = max(nxt, e.message.offset + 1)
 
-    async def _keep_pairing(self, p: int, iid: str, split: str) -> None:
-        """Enter a train instruction of partition p that has sent battles (or holds responses without an
-        instruction) into the window, and drop the pairing records of the least recently entered beyond
-        arena.pairing_records. Not in the window: instructions still waiting for the responses to pair (they
-        are the generation backlog), and eval records (every new checkpoint pairs on them again)."""
-        kept = self._pairing_kept.get(p)
-        if kept is None:  # first use since start or (re)assignment: rebuild from the table, in its order
-            kept = self._pairing_kept[p] = S.Retention(self.cfg.arena.pairing_records)
-            owners = getattr(self.pairing.data, "_key_partition", {})
-            expired = self._pairing_expired.setdefault(p, [])
-            for key, rec in list(self.pairing.data.items()):
-                if isinstance(key, str) and key.startswith("r:") and owners.get(key) == p \
-                        and S.pairing_split(key, rec) == "train" \
-                        and (rec.get("emitted") or f"i:{key[2:]}" not in self.pairing.data):
-                    expired += kept.add(key[2:])
-        expired = self._pairing_expired.pop(p, [])
-        if split == "train":
-            expired += kept.add(iid)
-        for old in expired:
-            for key in (f"i:{old}", f"r:{old}"):
-                if key in self.pairing.data:
-                    await self._delete(self.pairing, p, key)
-
     def _partition(self, p: int) -> _Partition:
         """The in-memory side of partition p, rebuilt from the table's id and loss records of p when the
         partition record there is another object than the cached one (recovered, reassigned, dropped)."""
@@ -424,10 +395,6 @@ class Stream:
         for p in list(self._parts):
             if p not in local:
                 del self._parts[p]
-        owned = self.owned_partitions()
-        for p in list(self._pairing_kept):
-            if p not in owned:  # given away: rebuilt from the table if it comes back
-                del self._pairing_kept[p]
         for p, st in local.items():
             last = self._published.get(p)
             if last is not None and last[0] == st["offset"] and now - last[1] < HEARTBEAT_S:

@@ -32,17 +32,6 @@ def response_record(r: Response) -> dict[str, Any]:
             "sample": r.sample, "split": r.split}
 
 
-def pairing_split(key: str, rec: dict[str, Any] | None) -> str | None:
-    """The split of a pairing record (`i:` instruction, `r:` responses), None when it cannot tell."""
-    if not isinstance(rec, dict):
-        return None
-    if key.startswith("i:"):
-        return rec.get("split")
-    if key.startswith("r:"):
-        return next((r.get("split") for r in rec.get("responses", {}).values()), None)
-    return None
-
-
 def add_response(rec: dict[str, Any], r: Response) -> bool:
     """Keep one response per competitor (the lowest sample); True when the record changed."""
     responses = rec.setdefault("responses", {})
