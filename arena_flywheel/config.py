@@ -167,12 +167,6 @@ class RatingsConfig(Section):
     anchor_model: str | None = None
     anchor_rating: float = 1000.0
     refresh_s: float = Field(1.0, gt=0)
-    dedupe_window: int = Field(20_000, ge=1_000, description=(
-        "verdict ids per partition the stream remembers to drop a verdict re-sent as a new record; older "
-        "re-sends are counted again (a redelivered record is always caught by the offset watermark)"))
-    loss_records: int = Field(10_000, ge=1, description=(
-        "instructions per partition whose target train losses the stream keeps to build Failures; the least "
-        "recently lost are dropped"))
 
 
 class TrainerConfig(Section):
