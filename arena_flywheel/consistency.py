@@ -12,7 +12,7 @@ notebook/benchmark_statistics.ipynb), over the pairs of models the name map pair
 - agreement_with_confidence: over the pairs the REFERENCE separates, 1 when the benchmark separates them in
   the same order, 0.5 when the benchmark's intervals overlap, 0 when it separates them in the opposite
   order; the mean (None when the reference separates no pair). As the notebook's agreement cell computes it
-  (`get_overlap`), "separates" here means the two intervals share no stretch of positive length, so a point
+  (`get_overlap`; read in notebook/benchmark_for_benchmarks.ipynb at commit c39d1b7), "separates" here means the two intervals share no stretch of positive length, so a point
   interval inside another (the reference's anchor, CI [1114, 1114]; a benchmark's baseline at exactly 50) is
   separated from it, and the order of a separated pair is that of the (lower, upper) tuples; the separability
   cell counts such a pair as overlapping, and so does `separation()` below. This is what makes the paper's

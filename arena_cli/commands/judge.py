@@ -23,7 +23,8 @@ def run(args, cfg: Config) -> int:
     if args.stats_every < 0:
         raise UsageError("--stats-every must be 0 (never) or a number of seconds, e.g. --stats-every 30")
     pool = JudgePool(cfg)
+    # a live line on a terminal, log lines when piped
     with stop_on_signals() as stop, ServiceProgress(pool.stats, judge_line, every_s=args.stats_every):
-        stats = pool.run(stop, max_idle_s=args.max_idle)  # a live line on a terminal
+        stats = pool.run(stop, max_idle_s=args.max_idle)
     print(json.dumps(stats, sort_keys=True), flush=True)
     return 0
