@@ -149,6 +149,11 @@ class ArenaConfig(Section):
     train_battle_plan: BattlePlan | None = Field(None, description="the train split's plan (default: "
                                                  "battle_plan); target-vs-all finds the targets' losses")
     targets: list[str] = Field(default_factory=list, description="models whose losses feed the flywheel")
+    pairing_records: int = Field(20_000, ge=1, description=(
+        "train instructions per partition whose pairing records (instruction, responses, battles sent) the "
+        "stream keeps once they have sent battles, the least recently paired dropped first; a train response "
+        "that arrives after that makes no battle. Instructions still waiting for responses, and every eval "
+        "record (new checkpoints pair on the eval set again), are kept"))
     sampled_k: int = Field(2, ge=1)
     seed: int = 0
 
@@ -167,6 +172,12 @@ class RatingsConfig(Section):
     anchor_model: str | None = None
     anchor_rating: float = 1000.0
     refresh_s: float = Field(1.0, gt=0)
+    dedupe_window: int = Field(20_000, ge=1_000, description=(
+        "verdict ids per partition the stream remembers to drop a verdict re-sent as a new record; older "
+        "re-sends are counted again (a redelivered record is always caught by the offset watermark)"))
+    loss_records: int = Field(10_000, ge=1, description=(
+        "instructions per partition whose target train losses the stream keeps to build Failures; the least "
+        "recently lost are dropped"))
 
 
 class TrainerConfig(Section):

@@ -5,7 +5,9 @@ aiokafka consume rate of the same broker in the same run.
                                       [--fetch-wait-ms 20]
 
 Starts the embedded Tansu broker (or uses $KAFKA_BOOTSTRAP_SERVERS) and a real worker process
-(`python -m streams.app`), with a fresh topic prefix. Phases:
+(`python -m arena_cli stream`), with a fresh topic prefix and `arena.targets = ["tgt"]`: every verdict is a
+train battle of the target against one of nine opponents, a third of them lost by >= the failure margin,
+so loss records and Failures are on (Failures are counted, not sent: the bench sends no responses). Phases:
 1. raw: --verdicts encoded verdicts are produced, then read back by a plain AIOKafkaConsumer (all
    partitions assigned, no group, no processing): the broker + client ceiling.
 2. throughput: the worker starts, applies one verdict and stops; the same number of new verdicts is
@@ -37,15 +39,19 @@ from arena_flywheel.config import load_config  # noqa: E402
 from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
 from arena_flywheel.kafka import Publisher, TopicSpec, ensure_topics  # noqa: E402
 
-MODELS = [f"m{i}" for i in range(10)]
+OPPONENTS = [f"m{i}" for i in range(9)]
 JUDGE = JudgeInfo(backend="reference", template_id="bench")
 
 
 def make_verdict(i: int, tag: str, rng: random.Random) -> Verdict:
-    a, b = rng.sample(MODELS, 2)
-    return Verdict(battle_id=f"{tag}-{i}", instruction_id=f"ins-{i % 997}", split="eval", competitor_a=a,
-                   competitor_b=b, model_a=a, model_b=b, winner=rng.choice(["model_a", "model_b", "tie"]),
-                   margin=1.0, judge=JUDGE)
+    o = rng.choice(OPPONENTS)
+    a, b = ("tgt", o) if i % 2 else (o, "tgt")
+    if rng.random() < 0.33:  # the target loses by 3 (>= the failure margin 2): a loss record, a Failure
+        winner, margin = ("model_b" if a == "tgt" else "model_a"), 3.0
+    else:
+        winner, margin = rng.choice(["model_a", "model_b", "tie"]), 0.5
+    return Verdict(battle_id=f"{tag}-{i}", instruction_id=f"{tag}-ins-{i // 4}", split="train", competitor_a=a,
+                   competitor_b=b, model_a=a, model_b=b, winner=winner, margin=margin, judge=JUDGE)
 
 
 def stats(port: int) -> dict:
@@ -121,12 +127,13 @@ def main() -> int:
         conf = tmp / "arena.toml"
         conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\n'
                         f'topic_prefix = "{prefix}"\npartitions = {args.partitions}\n'
-                        f"fetch_max_wait_ms = {args.fetch_wait_ms}\n[ratings]\nrefresh_s = 5.0\n")
+                        f"fetch_max_wait_ms = {args.fetch_wait_ms}\n[arena]\ntargets = [\"tgt\"]\n"
+                        "[ratings]\nrefresh_s = 5.0\n[trainer]\nthreshold_schedule = [2.0]\n")
         port = free_port()
 
         def start_worker():
-            return subprocess.Popen([sys.executable, "-m", "streams.app", "--config", str(conf), "--web-port",
-                                     str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"),
+            return subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream",
+                                     "--web-port", str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"),
                                     stderr=subprocess.STDOUT)
 
         worker = start_worker()

@@ -18,7 +18,6 @@ from typing import Any, Container, Iterable, Mapping
 
 from arena_flywheel.config import Config, LimitsConfig
 from arena_flywheel.events import BadEvent, Failure, Verdict, decode
-from arena_flywheel.ratings import OnlineElo
 
 from . import state as S
 
@@ -28,31 +27,24 @@ class RatingsRules:
     """The config values the ratings agent applies."""
     targets: frozenset[str]
     failure_margin: float  # a target's train loss by at least this is a Failure
-    elo_k: float = 4.0
-    elo_init: float = 1000.0
-    scale: float = 400.0
-    base: float = 10.0
     limits: LimitsConfig | None = field(default=None, hash=False)  # what a verdict may hold (None: defaults)
 
     @classmethod
     def from_config(cls, cfg: Config) -> "RatingsRules":
-        r = cfg.ratings
-        return cls(targets=frozenset(cfg.arena.targets), failure_margin=cfg.failure_margin, elo_k=r.elo_k,
-                   elo_init=r.elo_init, scale=r.scale, base=r.base, limits=cfg.limits)
+        return cls(targets=frozenset(cfg.arena.targets), failure_margin=cfg.failure_margin, limits=cfg.limits)
 
-    def elo(self, saved: dict[str, Any] | None) -> OnlineElo:
-        """A split's online Elo as saved in the partition record, or a fresh one (saved settings win, so a
-        config change does not rewrite the past)."""
-        if saved:
-            return OnlineElo.from_dict(saved)
-        return OnlineElo(k=self.elo_k, init=self.elo_init, scale=self.scale, base=self.base)
+
+def loss_key(partition: int, instruction_id: str) -> str:
+    """The loss record of an instruction; the partition is in the key so that retention can be rebuilt
+    per partition from the table's keys."""
+    return f"l:{partition}:{instruction_id}"
 
 
 @dataclass
 class Reduction:
     """What one batch of one partition produces."""
     state: dict[str, Any]                      # the new partition record p:<p>
-    loss_records: dict[str, dict[str, Any]] = field(default_factory=dict)  # l:<instruction id> -> record
+    loss_records: dict[str, dict[str, Any]] = field(default_factory=dict)  # l:<p>:<instruction id> -> record
     failures: list[Failure] = field(default_factory=list)
     missing_answers: int = 0                   # targets with selected losses but no answers in the pairing table
     dead: list[tuple[int, str]] = field(default_factory=list)  # (offset, reason) of records that did not decode
@@ -80,7 +72,6 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
     out = Reduction(state=st)
     batch_set: set[str] = set()
     added: dict[str, dict[str, dict[str, int]]] = {}  # split -> this batch's counts
-    elos: dict[str, OnlineElo] = {}
     for off, raw in batch:
         if off <= st["offset"]:
             st["duplicates"] += 1
@@ -101,24 +92,18 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
         S.count(added.setdefault(v.split, {}), v.competitor_a, v.competitor_b, v.winner)
         if v.winner == "invalid":
             st["invalid"] += 1
-        else:
-            elo = elos.get(v.split)
-            if elo is None:
-                elo = elos[v.split] = rules.elo(st["elo"].get(v.split))
-            elo.update(v.competitor_a, v.competitor_b, v.winner)
-        losses = S.target_losses(v, rules.targets, rules.failure_margin)
+        losses = S.target_losses(v, rules.targets, rules.failure_margin) if rules.targets else ()
         if losses:
-            lkey = f"l:{v.instruction_id}"
+            lkey = loss_key(partition, v.instruction_id)
             rec = out.loss_records.get(lkey) or dict(records.get(lkey) or {})
             for e in losses:
+                e["offset"] = off  # the record's age, for retention
                 rec[e["verdict_id"] + ":" + e["side"]] = e
             out.loss_records[lkey] = rec
     for split, counts in added.items():
         st["counts"][split] = S.add_counts(st["counts"].get(split, {}), counts)
-    for split, elo in elos.items():
-        st["elo"][split] = elo.to_dict()
     for lkey, rec in out.loss_records.items():
-        iid = lkey[2:]
+        iid = lkey.split(":", 2)[2]
         for comp in sorted({e["target_competitor"] for e in rec.values() if e["selected"]}):
             f = S.failure_for(iid, rec, comp, pairing.get(f"r:{iid}"), pairing.get(f"i:{iid}"))
             if f is None:
@@ -143,5 +128,5 @@ def _copy_state(state: Mapping[str, Any] | None) -> dict[str, Any]:
         return S.empty_partition_state()
     st = dict(state)
     st["counts"] = dict(st["counts"])
-    st["elo"] = dict(st["elo"])
+    st.pop("elo", None)  # records written before the online Elo was dropped (docs/streams.md)
     return st

@@ -10,6 +10,7 @@ each (a record is the unit that survives a crash, see docs/streams.md).
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from typing import Any, Iterable
 
 from arena_flywheel.events import Battle, Contestant, Failure, Instruction, JudgeInfo, Message, Response, Verdict
@@ -29,6 +30,17 @@ def instruction_record(ins: Instruction) -> dict[str, Any]:
 def response_record(r: Response) -> dict[str, Any]:
     return {"response_id": r.id, "model": r.model, "checkpoint": r.checkpoint, "answers": list(r.answers),
             "sample": r.sample, "split": r.split}
+
+
+def pairing_split(key: str, rec: dict[str, Any] | None) -> str | None:
+    """The split of a pairing record (`i:` instruction, `r:` responses), None when it cannot tell."""
+    if not isinstance(rec, dict):
+        return None
+    if key.startswith("i:"):
+        return rec.get("split")
+    if key.startswith("r:"):
+        return next((r.get("split") for r in rec.get("responses", {}).values()), None)
+    return None
 
 
 def add_response(rec: dict[str, Any], r: Response) -> bool:
@@ -107,7 +119,35 @@ def new_battles(ins: dict[str, Any], rec: dict[str, Any], instruction_id: str, p
 
 def empty_partition_state() -> dict[str, Any]:
     return {"offset": -1, "recent": [], "applied": 0, "duplicates": 0, "invalid": 0,
-            "counts": {"eval": {}, "train": {}}, "elo": {"eval": None, "train": None}}
+            "counts": {"eval": {}, "train": {}}}
+
+
+class Retention:
+    """Keys of one partition in write order, each with a size (ids in an id record, 1 for a loss record).
+    `add` returns the oldest keys to delete so that the rest still holds at least `limit` (the newest key
+    is always kept). Re-adding a key moves it to the newest end."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.keys: OrderedDict[str, int] = OrderedDict()
+        self.total = 0
+
+    def add(self, key: str, size: int = 1) -> list[str]:
+        self.total -= self.keys.pop(key, 0)
+        self.keys[key] = size
+        self.total += size
+        expired = []
+        while len(self.keys) > 1:
+            first, n = next(iter(self.keys.items()))
+            if self.total - n < self.limit:
+                break
+            del self.keys[first]
+            self.total -= n
+            expired.append(first)
+        return expired
+
+    def __len__(self) -> int:
+        return len(self.keys)
 
 
 def count(counts: dict[str, dict[str, int]], a: str, b: str, winner: str) -> None:
@@ -147,7 +187,11 @@ def merge_counts(states: Iterable[dict[str, Any]], split: str) -> dict[str, dict
 
 
 def target_losses(v: Verdict, targets: set[str], margin: float) -> list[dict[str, Any]]:
-    """Loss entries of each target side of `v` that lost (winner is the other side), any margin."""
+    """Loss entries of each target side of `v` that lost a train battle by at least `margin`: the losses
+    a Failure is made of. Other losses are not kept (they are in the ledger; the stream's state stays
+    small)."""
+    if v.split != "train" or v.margin < margin:
+        return []
     out = []
     for side, other in (("a", "b"), ("b", "a")):
         model = getattr(v, f"model_{side}")

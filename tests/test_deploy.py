@@ -20,6 +20,15 @@ def test_compose_has_the_parts():
     assert {s["command"][1] for s in ARENA.values()} >= {"ledger", "stream", "generate", "judge", "train"}
 
 
+def test_the_stream_runs_two_replicas_each_with_a_host_port():
+    stream = COMPOSE["services"]["stream"]
+    replicas = stream["deploy"]["replicas"]
+    host, _, container = stream["ports"][0].rpartition(":")
+    lo, _, hi = host.rpartition(":")[2].partition("-")
+    assert replicas == 2 and int(hi) - int(lo) + 1 == replicas  # one loopback port per replica
+    assert container == stream["command"][stream["command"].index("--web-port") + 1]
+
+
 def _check_compose_schema(path):
     """check-jsonschema with the Compose specification's schema it ships (vendor.compose-spec): no network."""
     import subprocess

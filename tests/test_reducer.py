@@ -1,5 +1,5 @@
-"""The ratings agent's reducer (streams/reducer.py) without Faust or a broker: counts and Elo, the
-exactly-once rules (offset watermark, processed ids, id-record restore), dead letters and failures."""
+"""The ratings agent's reducer (streams/reducer.py) without Faust or a broker: counts, the exactly-once
+rules (offset watermark, processed ids, id-record restore), dead letters, failures and retention."""
 from __future__ import annotations
 
 import copy
@@ -9,9 +9,8 @@ import pytest
 from arena_flywheel.config import load_config
 from arena_flywheel.events import (Battle, Contestant, Instruction, JudgeInfo, Message, Response, Verdict,
                                    competitor_name)
-from arena_flywheel.ratings import OnlineElo
 from streams import state as S
-from streams.reducer import RatingsRules, apply_verdicts
+from streams.reducer import RatingsRules, apply_verdicts, loss_key
 
 P = 3  # the partition under test
 RULES = RatingsRules(targets=frozenset({"target"}), failure_margin=2.0)
@@ -86,38 +85,32 @@ def arena():
     return ev1, ev2, tr, resp
 
 
-def test_counts_and_elo_are_applied(arena):
+def test_counts_are_applied(arena):
     ev1, ev2, _, resp = arena
     r = lambda ins, m: resp[(ins.id, m)]  # noqa: E731
     vs = [verdict(ev1, r(ev1, "target"), r(ev1, "ace"), "model_a"),
           verdict(ev1, r(ev1, "ace"), r(ev1, "sage"), "tie"),
           verdict(ev2, r(ev2, "sage"), r(ev2, "target"), "model_a"),
           verdict(ev2, r(ev2, "ace"), r(ev2, "target"), "invalid")]
-    rules = RatingsRules(targets=frozenset({"target"}), failure_margin=2.0, elo_k=16.0)
+    rules = RULES
     red = apply_verdicts(P, None, set(), {}, {}, [(10 + i, v.encode()) for i, v in enumerate(vs)], rules)
     st = red.state
     assert (st["offset"], st["applied"], st["invalid"], st["duplicates"]) == (13, 4, 1, 0)
     assert st["counts"]["eval"] == {f"{TARGET}\tace": {"model_a": 1}, "ace\tsage": {"tie": 1},
                                     f"sage\t{TARGET}": {"model_a": 1}, f"ace\t{TARGET}": {"invalid": 1}}
-    assert st["counts"]["train"] == {}
-    elo = OnlineElo(k=16.0)
-    for v in vs:
-        elo.update(v.competitor_a, v.competitor_b, v.winner)
-    assert st["elo"]["eval"] == elo.to_dict() and st["elo"]["train"] is None
+    assert st["counts"]["train"] == {} and "elo" not in st
     assert red.ids == [v.id for v in vs] and [v.id for v in red.accepted] == red.ids
     assert st["recent"] == red.ids and red.ids_record == (f"b:{P}:13", red.ids)
-    # target losses on eval are recorded (for the report) but are no Failures
+    # a target's loss on eval is no Failure and keeps no loss record (the ledger has it)
     assert not red.failures and not red.dead and red.restore is None and red.missing_answers == 0
-    assert set(red.loss_records) == {f"l:{ev2.id}"}
+    assert red.loss_records == {}
 
-    # the next batch builds on the record: counts add up, the Elo continues; the first record is untouched
+    # the next batch builds on the record: counts add up; the first record is untouched
     before = copy.deepcopy(st)
     again = rejudged(vs[0])
     red2 = apply_verdicts(P, st, set(red.ids), records_after({}, red), {}, [(14, again.encode())], rules)
     assert st == before  # the reducer changes copies only
     assert red2.state["counts"]["eval"][f"{TARGET}\tace"] == {"model_a": 2}
-    elo.update(again.competitor_a, again.competitor_b, again.winner)
-    assert red2.state["elo"]["eval"] == elo.to_dict()
     assert red2.state["applied"] == 5 and red2.ids == [again.id]
 
 
@@ -139,10 +132,6 @@ def test_redelivered_record_and_resent_id_are_duplicates(arena):
     assert red.ids == [v3.id] and [v.id for v in red.accepted] == [v3.id]
     assert st["counts"]["eval"] == {f"{TARGET}\tace": {"model_a": 1}, "sage\tace": {"model_b": 1},
                                     f"{TARGET}\tsage": {"tie": 1}}
-    elo = OnlineElo()
-    for v in (v1, v2, v3):
-        elo.update(v.competitor_a, v.competitor_b, v.winner)
-    assert st["elo"]["eval"] == elo.to_dict()
 
 
 def test_undecodable_records_are_dead_letters_and_the_batch_goes_on(arena):
@@ -176,15 +165,16 @@ def test_a_target_train_loss_at_the_margin_is_a_failure_with_the_winners_answers
     assert f.verdict_ids == sorted([lost.id, lost_more.id]) and f.losses == 2
     assert f.battle_ids == sorted([lost.battle_id, lost_more.battle_id]) and f.judge == JUDGE
     assert f.messages == tr.messages
-    rec = red.loss_records[f"l:{tr.id}"]
+    rec = red.loss_records[loss_key(P, tr.id)]
     assert set(rec) == {f"{lost.id}:a", f"{lost_more.id}:b"} and all(e["selected"] for e in rec.values())
+    assert [e["offset"] for e in rec.values()] == [30, 31]  # the record's age, for retention
     assert red.state["counts"]["train"] == {f"{TARGET}\tace": {"model_b": 1}, f"sage\t{TARGET}": {"model_a": 1}}
 
     # a later batch adds to the stored loss record and re-sends the Failure with all losses
     third = rejudged(lost, margin=3.0)
     red2 = apply_verdicts(P, red.state, set(red.ids), records_after({}, red), pairing, [(32, third.encode())],
                           RULES)
-    assert len(red2.loss_records[f"l:{tr.id}"]) == 3 and red2.failures[0].losses == 3
+    assert len(red2.loss_records[loss_key(P, tr.id)]) == 3 and red2.failures[0].losses == 3
 
 
 def test_no_failure_below_the_margin_on_eval_or_without_answers(arena):
@@ -198,8 +188,7 @@ def test_no_failure_below_the_margin_on_eval_or_without_answers(arena):
     red = apply_verdicts(P, None, set(), {}, pairing, [(40, close.encode()), (41, on_eval.encode()),
                                                        (42, won.encode())], RULES)
     assert not red.failures and red.missing_answers == 0
-    assert set(red.loss_records) == {f"l:{tr.id}", f"l:{ev1.id}"}
-    assert not any(e["selected"] for rec in red.loss_records.values() for e in rec.values())
+    assert red.loss_records == {}  # only losses that make Failures are kept
     # a selected loss whose answers the pairing table does not hold (yet) is counted, not sent
     big = rejudged(close, margin=2.5)
     red2 = apply_verdicts(P, None, set(), {}, {}, [(43, big.encode())], RULES)
@@ -245,11 +234,19 @@ def test_a_lost_id_record_is_restored_before_the_partition_record_moves_on(arena
 
 
 def test_rules_from_config():
-    cfg = load_config(env={}, overrides={"arena.targets": ["target"], "trainer.threshold_schedule": [3.0, 1.5, 2.0],
-                                         "ratings.elo_k": 8.0})
+    cfg = load_config(env={}, overrides={"arena.targets": ["target"], "trainer.threshold_schedule": [3.0, 1.5, 2.0]})
     rules = RatingsRules.from_config(cfg)
-    assert rules.targets == {"target"} and rules.failure_margin == 1.5 and rules.elo_k == 8.0
-    assert rules.elo(None).k == 8.0
-    saved = OnlineElo(k=4.0)
-    saved.update("target@it1-sft", "ace", "model_a")
-    assert rules.elo(saved.to_dict()).to_dict() == saved.to_dict()  # a saved Elo keeps its own settings
+    assert rules.targets == {"target"} and rules.failure_margin == 1.5
+
+
+def test_retention_keeps_at_least_the_window_and_drops_the_oldest():
+    ids = S.Retention(1000)
+    assert ids.add("b:0:499", 500) == [] and ids.add("b:0:999", 500) == []
+    assert ids.add("b:0:1299", 300) == []            # 1,300 held: dropping the oldest would leave 800 < 1,000
+    assert ids.add("b:0:1999", 700) == ["b:0:499", "b:0:999"]  # 1,000 remain
+    assert list(ids.keys) == ["b:0:1299", "b:0:1999"] and ids.total == 1000
+    assert S.Retention(10).add("b:0:5000", 5000) == []  # the newest record is always kept
+    losses = S.Retention(2)
+    assert losses.add("l:0:x") == losses.add("l:0:y") == []
+    assert losses.add("l:0:x") == []                 # written again: now the most recent
+    assert losses.add("l:0:z") == ["l:0:y"] and list(losses.keys) == ["l:0:x", "l:0:z"]

@@ -53,6 +53,14 @@ class Worker:
         except OSError:
             return None
 
+    def stats(self, sizes: bool = False) -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/stats" + ("?sizes=1" if sizes else ""),
+                                        timeout=5) as r:
+                return json.loads(r.read())
+        except OSError:
+            return None
+
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(10)
@@ -172,6 +180,48 @@ def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker
     assert b.a.response_id < b.b.response_id
     dl = [e for e in events if e.SCHEMA == "arena.deadletter"]
     assert dl and "invalid JSON" in dl[0].reason and dl[0].source.startswith(cfg.topic("responses"))
+
+
+@pytest.mark.slow
+def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
+    """arena.pairing_records: per partition, the pairing records of the least recently touched train
+    instructions go (tombstoned in the changelog); every eval record stays; no battle is lost to it."""
+    from kafka.partitioner.default import murmur2
+
+    def partition_of(ins) -> int:  # kafka-python's default partitioner, which the Publisher uses
+        return (murmur2(ins.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
+
+    w = worker_for(battle_plan="target-vs-all", targets=["tgt"], pairing_records=2)
+    train = [instruction(100 + i) for i in range(12)]
+    evals = [instruction(200 + i, "eval") for i in range(3)]
+    with Publisher(cfg) as pub:
+        for ins in train + evals:
+            for ev in (ins, response(ins, "tgt"), response(ins, "x")):
+                pub.send(ev)
+        pub.flush()
+    battles = read_all(cfg, ["battles"], lambda got: len(got) >= len(train) + len(evals))
+    assert sorted(b.instruction_id for b in battles) == sorted(i.id for i in train + evals)
+    parts = list(range(cfg.kafka.partitions))
+    per_part = [0] * len(parts)
+    for ins in train:
+        per_part[partition_of(ins)] += 1
+    want = sum(min(2, n) for n in per_part) + len(evals)  # instructions whose records are kept
+
+    def kept(i: int, r: int):
+        s = w.stats(sizes=True)
+        keys = (s or {}).get("tables", {}).get("keys", {})
+        return (keys.get("i"), keys.get("r")) == (i, r)
+    assert wait_for(lambda: kept(want, want), timeout=30), (w.stats(sizes=True) or {}).get("tables")
+    # a late train response of a dropped instruction (the first of a partition that had 3 or more) makes no
+    # battle; its record takes a place in the window like any other, so one kept instruction goes
+    p = max(parts, key=lambda q: per_part[q])
+    assert per_part[p] >= 3
+    first = next(i for i in train if partition_of(i) == p)
+    with Publisher(cfg) as pub:
+        pub.send(response(first, "y"))
+        pub.flush()
+    assert wait_for(lambda: kept(want - 1, want), timeout=30), (w.stats(sizes=True) or {}).get("tables")
+    assert not [b for b in read_all(cfg, ["battles"], lambda got: False, timeout=3) if "y" in (b.a.model, b.b.model)]
 
 
 def wait_for(fn, timeout: float = 60.0, every: float = 0.2):

@@ -34,6 +34,7 @@ def run(args, cfg: Config) -> int:
             print(f"arena stream: embedded broker at {cfg.kafka.bootstrap_servers} (topics vanish on exit)",
                   file=sys.stderr)
         stream = Stream(cfg, web_port=args.web_port, web=not args.without_web, web_bind=args.web_bind)
+        stream.create_topics()  # before the worker's producer starts: see Stream.create_topics
         worker = faust.Worker(stream.app, loglevel=logging.getLogger().getEffectiveLevel() or logging.WARNING,
                               quiet=True, redirect_stdouts=False, override_logging=False)
         try:

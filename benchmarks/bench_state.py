@@ -1,0 +1,127 @@
+"""Memory of one stream worker over a long run: RSS and table size after 10k, 100k (and 1M) verdicts.
+
+    python benchmarks/bench_state.py [--steps 10000,100000,1000000] [--partitions 2]
+
+Starts the embedded Tansu broker (or uses $KAFKA_BOOTSTRAP_SERVERS) and a real worker process
+(`python -m arena_cli stream`), with a fresh topic prefix and `arena.targets = ["tgt"]`. Every verdict is a
+train battle of the target against one of nine opponents (a new instruction every 4 verdicts), so the
+worker keeps processed ids, counts and loss records for the target's losses; a third of them are losses
+by >= the failure margin (Failures are counted but not sent: the bench sends no responses). After each
+step the worker has applied every verdict so far, and the bench prints its RSS (/proc), the number of
+table keys by kind and their JSON size (`/stats?sizes=1`). Goal: flat (within 20%) from 100k to 1M.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from arena_flywheel.broker import EmbeddedBroker, free_port  # noqa: E402
+from arena_flywheel.config import load_config  # noqa: E402
+from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
+from arena_flywheel.kafka import Publisher, ensure_topics  # noqa: E402
+
+OPPONENTS = [f"m{i}" for i in range(9)]
+JUDGE = JudgeInfo(backend="reference", template_id="bench")
+
+
+def make_verdict(i: int, rng: random.Random) -> Verdict:
+    o = rng.choice(OPPONENTS)
+    a, b = ("tgt", o) if i % 2 else (o, "tgt")
+    u = rng.random()
+    winner, margin = ("model_b" if a == "tgt" else "model_a", 3.0) if u < 0.33 else \
+        (rng.choice(["model_a", "model_b", "tie"]), 0.5)
+    return Verdict(battle_id=f"state-{i}", instruction_id=f"ins-{i // 4}", split="train", competitor_a=a,
+                   competitor_b=b, model_a=a, model_b=b, winner=winner, margin=margin, judge=JUDGE)
+
+
+def get(port: int, path: str) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
+            return json.loads(r.read())
+    except OSError:
+        return {}
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def wait_applied(port: int, n: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if get(port, "/stats").get("verdicts", 0) >= n:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"worker applied {get(port, '/stats').get('verdicts', 0)} of {n} verdicts in {timeout:.0f}s")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", default="10000,100000,1000000", help="cumulative verdict counts to report at")
+    ap.add_argument("--partitions", type=int, default=2)
+    args = ap.parse_args()
+    steps = [int(s) for s in args.steps.split(",")]
+
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
+    prefix = f"state{os.getpid()}."
+    cfg = load_config(env={}, overrides={"kafka.bootstrap_servers": bootstrap, "kafka.topic_prefix": prefix,
+                                         "kafka.partitions": args.partitions, "data_dir": str(tmp)})
+    ensure_topics(cfg)
+    conf = tmp / "arena.toml"
+    conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\n'
+                    f'partitions = {args.partitions}\n[arena]\ntargets = ["tgt"]\n[ratings]\nrefresh_s = 2.0\n'
+                    'bootstrap_rounds = 20\n[trainer]\nthreshold_schedule = [2.0]\n')
+    port = free_port()
+    worker = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream", "--web-port",
+                               str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"), stderr=subprocess.STDOUT)
+    rng = random.Random(0)
+    try:
+        pub = Publisher(cfg, linger_ms=20, batch_size=256 * 1024)
+        print(f"broker {bootstrap} ({'embedded Tansu' if broker else 'external'}), {args.partitions} partitions, "
+              f"target in every battle (train), 1/3 losses by >= the failure margin")
+        print(f"{'verdicts':>10} {'RSS MB':>8} {'table MB':>9} {'ids held':>9}  keys by kind   (s to apply)")
+        sent = 0
+        for step in steps:
+            t0 = time.monotonic()
+            while sent < step:
+                pub.send(make_verdict(sent, rng))
+                sent += 1
+            pub.flush()
+            wait_applied(port, step, 3600)
+            s = get(port, "/stats?sizes=1")
+            t = s.get("tables", {})
+            print(f"{step:>10,} {rss_mb(worker.pid):>8.1f} {t.get('json_bytes', 0) / 1e6:>9.2f} "
+                  f"{t.get('ids_in_memory', 0):>9,}  {t.get('keys')}   ({time.monotonic() - t0:.0f})", flush=True)
+        pub.close()
+        return 0
+    finally:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+        if broker is not None:
+            broker.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
