@@ -1,7 +1,7 @@
 """Verdicts through the Faust ratings agent: events/s and produce -> table-update latency, next to the raw
 aiokafka consume rate of the same broker in the same run.
 
-    python benchmarks/bench_stream.py [--verdicts 20000] [--partitions 2] [--paced 500] [--rate 100]
+    python benchmarks/bench_stream.py [--verdicts 20000] [--partitions 2] [--paced 500] [--rate 100 1000]
                                       [--fetch-wait-ms 20]
 
 Starts the embedded Tansu broker (or uses $KAFKA_BOOTSTRAP_SERVERS) and a real worker process
@@ -13,8 +13,12 @@ so loss records and Failures are on (Failures are counted, not sent: the bench s
 2. throughput: the worker starts, applies one verdict and stops; the same number of new verdicts is
    produced; the worker restarts and drains them. events/s = verdicts after its first batch / (first
    batch applied -> all applied, from the worker's /stats).
-3. latency: --paced verdicts sent one at a time at --rate per second; the worker stamps
-   now - verdict.created_at when its table is updated; p50/p99 from its /stats.
+3. latency: --paced verdicts sent one at a time at each --rate per second (default 100 and 1,000); the
+   worker stamps now - verdict.created_at when its table is updated; p50/p99 from its /stats.
+4. two workers: a second worker joins the group; once the partitions are split, --paced verdicts are sent
+   and both workers' /leaderboard are polled: when each shows them all, how far apart, and whether the two
+   boards hold the same counts and ratings (each worker serves the other's partitions from the snapshots
+   topic, refreshed every ratings.refresh_s).
 --fetch-wait-ms 1500 reproduces Faust's own (hard-coded) fetch wait for comparison.
 """
 from __future__ import annotations
@@ -40,6 +44,7 @@ from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
 from arena_flywheel.kafka import Publisher, TopicSpec, ensure_topics  # noqa: E402
 
 OPPONENTS = [f"m{i}" for i in range(9)]
+REFRESH_S = 1.0  # ratings.refresh_s, the default: how often a worker publishes its snapshots and refits
 JUDGE = JudgeInfo(backend="reference", template_id="bench")
 
 
@@ -60,6 +65,18 @@ def stats(port: int) -> dict:
             return json.loads(r.read())
     except OSError:
         return {}
+
+
+def board(port: int) -> dict:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leaderboard", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return {}
+
+
+def rounded(snap: dict) -> list:
+    return [(r["model"], round(r["rating"], 2), round(r["lower"], 2), round(r["upper"], 2)) for r in snap.get("rows", [])]
 
 
 def wait_applied(port: int, n: int, timeout: float) -> float:
@@ -95,7 +112,7 @@ def main() -> int:
     ap.add_argument("--verdicts", type=int, default=20_000)
     ap.add_argument("--partitions", type=int, default=2)
     ap.add_argument("--paced", type=int, default=500)
-    ap.add_argument("--rate", type=float, default=100.0)
+    ap.add_argument("--rate", type=float, nargs="+", default=[100.0, 1000.0], help="paced rates, one phase each")
     ap.add_argument("--fetch-wait-ms", type=int, default=20)
     args = ap.parse_args()
 
@@ -128,7 +145,7 @@ def main() -> int:
         conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\n'
                         f'topic_prefix = "{prefix}"\npartitions = {args.partitions}\n'
                         f"fetch_max_wait_ms = {args.fetch_wait_ms}\n[arena]\ntargets = [\"tgt\"]\n"
-                        "[ratings]\nrefresh_s = 5.0\n[trainer]\nthreshold_schedule = [2.0]\n")
+                        f"[ratings]\nrefresh_s = {REFRESH_S}\n[trainer]\nthreshold_schedule = [2.0]\n")
         port = free_port()
 
         def start_worker():
@@ -153,14 +170,54 @@ def main() -> int:
         t_done = wait_applied(port, args.verdicts, 600)
         agent_rate = (args.verdicts - n0) / max(t_done - t0, 1e-9)
 
-        # 3. paced latency
+        # 3. paced latency, one phase per rate (the worker's window holds the last 500 latencies)
         paced = Publisher(cfg, linger_ms=0)
-        for i in range(args.paced):
-            paced.send(make_verdict(i, "paced", rng))  # created_at stamped here, just before the send
+        sent, lats = args.verdicts, []
+        for rate in args.rate:
+            t_start = time.perf_counter()
+            for i in range(args.paced):
+                # on a schedule, not sleep-per-send: the send and flush themselves take time at 1,000/s
+                time.sleep(max(0.0, t_start + i / rate - time.perf_counter()))
+                # created_at is stamped here; no flush per send (linger 0 sends at once, and a flush each
+                # time capped the rate near 600/s): the producer's queueing counts in the latency
+                paced.send(make_verdict(i, f"paced{rate:g}", rng))
             paced.flush()
-            time.sleep(1.0 / args.rate)
-        wait_applied(port, args.verdicts + args.paced, 60)
-        lat = stats(port).get("latency_ms", {})
+            achieved = args.paced / (time.perf_counter() - t_start)
+            sent += args.paced
+            wait_applied(port, sent, 60)
+            lats.append((rate, achieved, stats(port).get("latency_ms", {})))
+
+        # 4. two workers: a second one joins; after the rebalance each applies its own partitions and serves
+        #    the other's from the snapshots topic. Paced verdicts, then: when does each board show them all?
+        second = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream",
+                                   "--web-port", str(port2 := free_port())], cwd=ROOT,
+                                  stdout=open(tmp / "worker2.log", "ab"), stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:  # the group has split the partitions between the two
+                a, b = board(port), board(port2)
+                if a.get("owned") and b.get("owned") and not set(a["owned"]) & set(b["owned"]):
+                    break
+                time.sleep(0.2)
+            else:
+                raise SystemExit("the second worker never got partitions")
+            for i in range(args.paced):
+                paced.send(make_verdict(i, "two", rng))
+                time.sleep(1.0 / args.rate[0])
+            paced.flush()
+            t_sent, sent = time.monotonic(), sent + args.paced
+            seen: dict[int, float] = {}
+            while len(seen) < 2 and time.monotonic() < t_sent + 120:
+                for p_ in (port, port2):
+                    if p_ not in seen and board(p_).get("verdicts", 0) >= sent:
+                        seen[p_] = time.monotonic()
+                time.sleep(0.02)
+            a, b = board(port), board(port2)
+            # the fits start warm from each worker's previous one: equal to 0.01 Elo, not to the last bit
+            same = a.get("counts") == b.get("counts") and rounded(a) == rounded(b)
+        finally:
+            second.terminate()
+            second.wait(30)
         paced.close()
         pub.close()
 
@@ -170,8 +227,16 @@ def main() -> int:
         print(f"ratings agent (backlog)     : {agent_rate:10.0f} verdicts/s  ({args.verdicts - n0} verdicts after "
               f"the first batch, {t_done - t0:.2f} s)")
         print(f"ratings agent / raw consume : {agent_rate / (args.verdicts / raw_s):10.3f}")
-        print(f"produce -> table update     : p50 {lat.get('p50', float('nan')):.1f} ms, "
-              f"p99 {lat.get('p99', float('nan')):.1f} ms over {lat.get('n', 0)} verdicts at {args.rate:g}/s")
+        for rate, achieved, lat in lats:
+            print(f"produce -> table update     : p50 {lat.get('p50', float('nan')):.1f} ms, "
+                  f"p99 {lat.get('p99', float('nan')):.1f} ms over {lat.get('n', 0)} verdicts at {rate:g}/s "
+                  f"(sent at {achieved:.0f}/s)")
+        if len(seen) == 2:
+            print(f"two workers                 : both boards show all {sent} verdicts {max(seen.values()) - t_sent:.2f} s "
+                  f"after the last send, {abs(seen[port] - seen[port2]):.2f} s apart (refresh interval "
+                  f"{REFRESH_S:g} s); same counts and ratings on both: {same}")
+        else:
+            print(f"two workers                 : only {len(seen)} of 2 boards showed all {sent} verdicts in 120 s")
         return 0
     finally:
         if worker is not None:
