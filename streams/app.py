@@ -341,9 +341,9 @@ class Stream:
     def _check_offsets(p: int, applied: int, events: list) -> None:
         """Log a gap in the offsets the agent is handed. Verdicts are neither compacted nor written in
         transactions, so on Apache Kafka consecutive records have consecutive offsets and a gap means a
-        record that was never applied (the watermark then skips it for good). Seen in the two-worker kill -9
-        test on a busy machine (200 records, 199 applied) and on Tansu after restarts; seeking back was tried
-        and stalled a partition on Tansu, so this only says so (docs/streams.md)."""
+        record that was never applied (the watermark then skips it for good). Every gap seen so far came from
+        Faust's recovery clearing the agents' queues (fixed above, _stop_flow_first); this stays as the
+        alarm should another path drop records (docs/streams.md, "Exactly-once effect")."""
         nxt = applied + 1
         for e in events:
             if e.message.offset > nxt:
