@@ -59,20 +59,20 @@ def make_verdict(i: int, tag: str, rng: random.Random) -> Verdict:
                    competitor_b=b, model_a=a, model_b=b, winner=winner, margin=margin, judge=JUDGE)
 
 
-def stats(port: int) -> dict:
+def get(port: int, path: str) -> dict:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
             return json.loads(r.read())
     except OSError:
         return {}
+
+
+def stats(port: int) -> dict:
+    return get(port, "/stats")
 
 
 def board(port: int) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/leaderboard", timeout=2) as r:
-            return json.loads(r.read())
-    except OSError:
-        return {}
+    return get(port, "/leaderboard")
 
 
 def rounded(snap: dict) -> list:
@@ -115,6 +115,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, nargs="+", default=[100.0, 1000.0], help="paced rates, one phase each")
     ap.add_argument("--fetch-wait-ms", type=int, default=20)
     args = ap.parse_args()
+    if args.paced < 500:  # streams/app.py LATENCY_WINDOW: fewer would mix the backlog's latencies in
+        ap.error("--paced must be at least 500: the worker reports p50/p99 over its last 500 verdicts")
 
     broker = None
     bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
