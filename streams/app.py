@@ -51,7 +51,8 @@ class _Partition:
     seen: set[str]                # processed ids in the window (id records + the record's "recent")
     ids: S.Retention              # id records b:<p>:<offset>, oldest first
     losses: S.Retention           # loss records l:<p>:<instruction>, least recently written first
-    expired: list[str] = field(default_factory=list)  # keys to delete with the next batch
+    homes: S.LossHomes = field(default_factory=S.LossHomes)  # the changelog record of each loss record
+    expired: list[str] = field(default_factory=list)  # changelog keys to delete with the next batch
 
 
 # Faust passes fetch_max_wait_ms=1500 to aiokafka unconditionally; on a quiet topic every fetch then
@@ -302,12 +303,16 @@ class Stream:
             by_offset = {e.message.offset: e for e in events}
             for off, reason in red.dead:
                 await self._dead(by_offset[off], reason, "stream.ratings")
-        expired = part.expired
-        part.expired = []
-        # 1) loss records (idempotent: keyed by verdict id inside) and failures
-        for lkey, rec in red.loss_records.items():
-            await self._put(self.ratings, p, lkey, rec)
-            expired += part.losses.add(lkey)
+        expired: list[str] = []
+        # 1) loss records (idempotent: keyed by verdict id inside), all of this batch's in one changelog
+        #    record: a record each cost a broker round trip each (Tansu notes: one record per producer
+        #    batch), half the agent's time (docs/streams.md). In memory each stays under its own l: key.
+        if red.loss_records:
+            home = f"L:{p}:{red.state['offset']}"
+            await self._put(self.ratings, p, home, red.loss_records)
+            self.ratings.data[home] = sorted(red.loss_records)  # the records themselves live under l:
+            for lkey, rec in red.loss_records.items():
+                self._keep_loss(p, part, lkey, rec, home)
         for f in red.failures:
             await self.t_failures.send(key=f.kafka_key().encode(), value=f.encode())
             self.dashboard.add_failure(f)
@@ -324,11 +329,17 @@ class Stream:
             await self._put(self.ratings, p, *red.ids_record)
             part.seen.update(red.ids)
             expired += part.ids.add(red.ids_record[0], len(red.ids))
-        # 4) retention: the oldest id records beyond the window, the least recent loss records
+        # 4) retention: the oldest id records beyond the window, loss-record homes that hold nothing current
+        #    (and what an earlier rebuild left to delete)
+        expired += part.expired
+        part.expired = []
         for key in expired:
             if key.startswith("b:"):
                 part.seen.difference_update(self.ratings.data.get(key) or ())
-            await self._delete(self.ratings, p, key)
+            if key in part.homes.home:  # an older version's l: record whose latest copy moved into an L: record
+                await self._changelog(self.ratings, p, key, None, "raw")
+            else:
+                await self._delete(self.ratings, p, key)
         for v in red.accepted:
             self.health.add(v)
         self.stats["verdicts"] += len(red.ids)
@@ -374,6 +385,17 @@ class Stream:
                 if key in self.pairing.data:
                     await self._delete(self.pairing, p, key)
 
+    def _keep_loss(self, p: int, part: _Partition, lkey: str, rec: dict, home: str) -> None:
+        """Hold loss record lkey (latest copy in changelog record `home`) in memory, and drop the least
+        recent ones beyond ratings.loss_records; homes left holding nothing current go to part.expired."""
+        self.ratings.data[lkey] = rec
+        _own(self.ratings, lkey, p)
+        part.expired += part.homes.place(lkey, home)
+        for old in part.losses.add(lkey):
+            if self.ratings.data.pop(old, None) is not None:
+                getattr(self.ratings.data, "_key_partition", {}).pop(old, None)
+            part.expired += part.homes.drop(old)
+
     def _partition(self, p: int) -> _Partition:
         """The in-memory side of partition p, rebuilt from the table's id and loss records of p when the
         partition record there is another object than the cached one (recovered, reassigned, dropped)."""
@@ -384,27 +406,53 @@ class Stream:
         r = self.cfg.ratings
         part = _Partition(st, set((st or {}).get("recent", [])), S.Retention(r.dedupe_window),
                           S.Retention(r.loss_records))
-        ids, losses = [], []
-        b_prefix, l_prefix = f"b:{p}:", f"l:{p}:"
-        for k, v in list(self.ratings.data.items()):
+        data = self.ratings.data
+        ids, homes, legacy = [], [], []
+        b_prefix, l_prefix, L_prefix = f"b:{p}:", f"l:{p}:", f"L:{p}:"
+        for k, v in list(data.items()):
             if not isinstance(k, str):
                 continue
             if k.startswith(b_prefix):
                 ids.append((int(k[len(b_prefix):]), k, v))
+            elif k.startswith(L_prefix):
+                homes.append((int(k[len(L_prefix):]), k, v))
             elif k.startswith(l_prefix):
-                losses.append((max((e.get("offset", -1) for e in v.values()), default=-1), k))
+                legacy.append(k)
         for _, k, v in sorted(ids):
             part.seen.update(v)
             part.expired += part.ids.add(k, len(v))
         for k in part.expired:  # a smaller window than the one these were written with
-            part.seen.difference_update(self.ratings.data.get(k) or ())
-        for _, k in sorted(losses):
-            part.expired += part.losses.add(k)
+            part.seen.difference_update(data.get(k) or ())
+        # loss records: batch records in write order (the latest copy of each wins). Recovered from the
+        # changelog they hold the records; kept in a local store they name them (the l: keys are there too)
+        expanded = set()
+        for _, home, v in sorted(homes, key=lambda h: h[0]):
+            if isinstance(v, dict):
+                for lkey, rec in v.items():
+                    data[lkey] = rec
+                    _own(self.ratings, lkey, p)
+                    part.expired += part.homes.place(lkey, home)
+                expanded.update(v)
+                data[home] = sorted(v)
+            else:
+                part.expired += [h for lkey in v if lkey in data for h in part.homes.place(lkey, home)]
+        part.expired += [home for _, home, _ in homes if home not in part.homes.held]  # hold no latest copy
+        for lkey in legacy:  # l: records an older version wrote to the changelog, each its own home
+            if lkey in expanded:
+                part.expired.append(lkey)  # superseded by a batch record: its changelog record goes
+            elif lkey not in part.homes.home:
+                part.homes.place(lkey, lkey)
+        by_age = sorted(part.homes.home, key=lambda k: max((e.get("offset", -1) for e in data[k].values()), default=-1))
+        for lkey in by_age:
+            for old in part.losses.add(lkey):
+                data.pop(old, None)
+                getattr(data, "_key_partition", {}).pop(old, None)
+                part.expired += part.homes.drop(old)
         self._parts[p] = part
         return part
 
     def table_sizes(self) -> dict[str, Any]:
-        """Keys per kind (p: partition, b: id, l: loss, i:/r: pairing records), their JSON bytes, and the
+        """Keys per kind (p: partition, b: id, l: loss, L: loss batch, i:/r: pairing records), their JSON bytes, and the
         processed ids held in memory."""
         keys: dict[str, int] = defaultdict(int)
         size = 0

@@ -150,6 +150,40 @@ class Retention:
         return len(self.keys)
 
 
+class LossHomes:
+    """Which changelog record holds the latest copy of each loss record of one partition. A batch writes
+    the loss records it changed as one record (`L:<p>:<offset>`, a dict of them) instead of one record each
+    (docs/streams.md, "Retention"); a loss record that a later batch rewrites, or that retention drops,
+    leaves its older home, and a home that holds no latest copy any more is deleted from the changelog.
+    A loss record written by an older version is its own home (`l:<p>:<instruction>`)."""
+
+    def __init__(self) -> None:
+        self.home: dict[str, str] = {}
+        self.held: dict[str, set[str]] = {}
+
+    def place(self, lkey: str, home: str) -> list[str]:
+        """lkey's latest copy is now in `home`; returns the homes that hold nothing current any more."""
+        old = self.home.get(lkey)
+        self.home[lkey] = home
+        self.held.setdefault(home, set()).add(lkey)
+        return self._release(old, lkey) if old is not None and old != home else []
+
+    def drop(self, lkey: str) -> list[str]:
+        """lkey is gone (retention); returns the homes that hold nothing current any more."""
+        old = self.home.pop(lkey, None)
+        return self._release(old, lkey) if old is not None else []
+
+    def _release(self, home: str, lkey: str) -> list[str]:
+        held = self.held.get(home)
+        if held is None:
+            return []
+        held.discard(lkey)
+        if held:
+            return []
+        del self.held[home]
+        return [home]
+
+
 def count(counts: dict[str, dict[str, int]], a: str, b: str, winner: str) -> None:
     cell = counts.setdefault(f"{a}\t{b}", {})
     cell[winner] = cell.get(winner, 0) + 1

@@ -250,3 +250,16 @@ def test_retention_keeps_at_least_the_window_and_drops_the_oldest():
     assert losses.add("l:0:x") == losses.add("l:0:y") == []
     assert losses.add("l:0:x") == []                 # written again: now the most recent
     assert losses.add("l:0:z") == ["l:0:y"] and list(losses.keys) == ["l:0:x", "l:0:z"]
+
+
+def test_loss_homes_release_a_batch_record_once_it_holds_no_latest_copy():
+    h = S.LossHomes()
+    assert h.place("l:0:a", "L:0:5") == [] and h.place("l:0:b", "L:0:5") == []
+    assert h.place("l:0:a", "L:0:9") == []  # L:0:5 still holds b's latest copy
+    assert h.place("l:0:a", "L:0:9") == []  # rewritten in the same batch record: nothing moves
+    assert h.drop("l:0:b") == ["L:0:5"]     # retention took b: L:0:5 holds nothing current
+    assert h.place("l:0:c", "l:0:c") == []  # an older version's loss record is its own home
+    assert h.place("l:0:c", "L:0:9") == ["l:0:c"]  # rewritten into a batch record: the old record goes
+    assert h.drop("l:0:a") == []            # L:0:9 still holds c
+    assert h.drop("l:0:c") == ["L:0:9"]
+    assert h.drop("l:0:unknown") == [] and h.home == {} and h.held == {}

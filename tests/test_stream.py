@@ -26,13 +26,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # ------------------------------------------------------------------------------------------ helpers
 
-def write_config(cfg, path: Path, **arena) -> Path:
+def write_config(cfg, path: Path, ratings: dict | None = None, **arena) -> Path:
     k = cfg.kafka
     lines = [f'data_dir = "{cfg.data_dir}"', "[kafka]", f'bootstrap_servers = "{k.bootstrap_servers}"',
              f'topic_prefix = "{k.topic_prefix}"', f"partitions = {k.partitions}", "[arena]"]
     for key, val in arena.items():
         lines.append(f"{key} = {json.dumps(val)}")
-    lines += ["[ratings]", "refresh_s = 0.2", "bootstrap_rounds = 10", "[trainer]", "threshold_schedule = [2.0]"]
+    lines += ["[ratings]", "refresh_s = 0.2", "bootstrap_rounds = 10"]
+    lines += [f"{key} = {json.dumps(val)}" for key, val in (ratings or {}).items()]
+    lines += ["[trainer]", "threshold_schedule = [2.0]"]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -85,9 +87,9 @@ class Worker:
 def worker_for(cfg, tmp_path):
     started = []
 
-    def make(preamble: str = "", **arena) -> Worker:
-        w = Worker(write_config(cfg, tmp_path / f"arena{len(started)}.toml", **arena), tmp_path / "worker.log",
-                   preamble)
+    def make(preamble: str = "", ratings: dict | None = None, **arena) -> Worker:
+        w = Worker(write_config(cfg, tmp_path / f"arena{len(started)}.toml", ratings, **arena),
+                   tmp_path / "worker.log", preamble)
         started.append(w)
         return w.start()
 
@@ -376,6 +378,81 @@ def test_restart_on_a_backlog_applies_every_verdict_when_the_seek_is_slow(cfg, w
     snap = wait_for(lambda: (s := w.leaderboard()) and s.get("lag") == 0 and s["verdicts"] >= 200 and s,
                     timeout=90)
     assert snap and snap["verdicts"] == len(verdicts), (snap or {}).get("verdicts")
+
+
+def changelog(cfg, table: str) -> dict:
+    """The latest value of every key of a table's changelog (None: deleted), as compaction would keep it."""
+    c = make_consumer(cfg, [f"{cfg.kafka.topic_prefix}stream-{table}-changelog"], None)
+    latest: dict = {}
+    quiet = time.monotonic() + 3
+    try:
+        while time.monotonic() < quiet:
+            for recs in c.poll(200).values():
+                quiet = time.monotonic() + 2
+                for r in recs:
+                    latest[json.loads(r.key)] = None if r.value is None else json.loads(r.value)
+    finally:
+        c.close()
+    return latest
+
+
+@pytest.mark.slow
+def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_bounded(cfg, worker_for):
+    """A batch's target losses are one changelog record (L:<p>:<offset>) and one in-memory record per
+    instruction. Through a restart that recovers the tables from their changelogs, a later loss on the same
+    instruction counts the earlier one (Failure.losses 2); retention keeps ratings.loss_records per partition,
+    and every batch record left on the changelog still holds a current loss record."""
+    from kafka.partitioner.default import murmur2
+
+    def partition_of(ins) -> int:  # kafka-python's default partitioner, which the Publisher uses
+        return (murmur2(ins.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
+
+    def failures_of(iid: str, n: int) -> list:
+        got = read_all(cfg, ["failures"], lambda got: sum(f.instruction_id == iid for f in got) >= n, timeout=60)
+        return [f for f in got if f.instruction_id == iid]
+
+    w = worker_for(battle_plan="target-vs-all", targets=["tgt"], ratings={"loss_records": 3})
+    x = instruction(300)
+    p = partition_of(x)
+    first = verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle="bat-x1")
+    with Publisher(cfg) as pub:
+        for ev in (x, response(x, "tgt"), response(x, "m3"), response(x, "m4")):
+            pub.send(ev)
+        pub.flush()
+        # the answers are in the pairing table once its battles are out (a Failure carries them)
+        read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == x.id for b in got) >= 2, settle=0)
+        pub.send(first)
+        pub.flush()
+    assert [f.losses for f in failures_of(x.id, 1)] == [1]
+
+    w.stop()
+    shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
+    w.start()
+    second = verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle="bat-x2")
+    with Publisher(cfg) as pub:
+        pub.send(second)
+        pub.flush()
+    last = failures_of(x.id, 2)[-1]
+    assert (last.losses, last.verdict_ids, last.winner_model) == (2, sorted([first.id, second.id]), "m4")
+
+    # eight more instructions of x's partition lose, each in its own batch: x's record and five others
+    # leave the window of 3, and the batch records holding only them leave the changelog
+    others = [ins for ins in (instruction(400 + i) for i in range(40)) if partition_of(ins) == p][:8]
+    with Publisher(cfg) as pub:
+        for i, ins in enumerate(others):
+            pub.send(verdict(ins.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle=f"bat-o{i}"))
+            pub.flush()
+            time.sleep(0.15)  # longer than a batch may wait to fill (streams/app.py BATCH_WITHIN)
+    total = 2 + len(others)
+    assert wait_for(lambda: (w.leaderboard() or {}).get("verdicts", 0) >= total, timeout=60)
+    keys = w.stats(sizes=True)["tables"]["keys"]
+    assert keys.get("l") == 3, keys
+    live = {k: v for k, v in changelog(cfg, "ratings").items() if v is not None}
+    homes = [k for k in live if k.startswith(f"L:{p}:")]
+    assert not [k for k in live if k.startswith("l:")]  # loss records are never their own changelog record
+    kept = {f"l:{p}:{ins.id}" for ins in others[-3:]}
+    assert set().union(*(live[k] for k in homes)) >= kept
+    assert 1 <= len(homes) <= 3, sorted(homes)  # each holds one of the 3 kept records at least
 
 
 @pytest.mark.slow
