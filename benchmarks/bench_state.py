@@ -13,60 +13,28 @@ table keys by kind and their JSON size (`/stats?sizes=1`). Goal: flat (within 20
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from arena_flywheel.broker import EmbeddedBroker, free_port  # noqa: E402
 from arena_flywheel.config import load_config  # noqa: E402
-from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
 from arena_flywheel.kafka import Publisher, ensure_topics  # noqa: E402
-
-OPPONENTS = [f"m{i}" for i in range(9)]
-JUDGE = JudgeInfo(backend="reference", template_id="bench")
-
-
-def make_verdict(i: int, rng: random.Random) -> Verdict:
-    o = rng.choice(OPPONENTS)
-    a, b = ("tgt", o) if i % 2 else (o, "tgt")
-    u = rng.random()
-    winner, margin = ("model_b" if a == "tgt" else "model_a", 3.0) if u < 0.33 else \
-        (rng.choice(["model_a", "model_b", "tie"]), 0.5)
-    return Verdict(battle_id=f"state-{i}", instruction_id=f"ins-{i // 4}", split="train", competitor_a=a,
-                   competitor_b=b, model_a=a, model_b=b, winner=winner, margin=margin, judge=JUDGE)
-
-
-def get(port: int, path: str) -> dict:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=30) as r:
-            return json.loads(r.read())
-    except OSError:
-        return {}
-
+from bench_stream import get, make_verdict, shut_down, wait_applied  # noqa: E402  (the same verdicts as bench_stream)
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def wait_applied(port: int, n: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if get(port, "/stats").get("verdicts", 0) >= n:
-            return
-        time.sleep(0.5)
-    raise SystemExit(f"worker applied {get(port, '/stats').get('verdicts', 0)} of {n} verdicts in {timeout:.0f}s")
 
 
 def main() -> int:
@@ -103,24 +71,18 @@ def main() -> int:
         for step in steps:
             t0 = time.monotonic()
             while sent < step:
-                pub.send(make_verdict(sent, rng))
+                pub.send(make_verdict(sent, "state", rng))
                 sent += 1
             pub.flush()
             wait_applied(port, step, 3600)
-            s = get(port, "/stats?sizes=1")
+            s = get(port, "/stats?sizes=1", timeout=30)  # a walk over the tables
             t = s.get("tables", {})
             print(f"{step:>10,} {rss_mb(worker.pid):>8.1f} {t.get('json_bytes', 0) / 1e6:>9.2f} "
                   f"{t.get('ids_in_memory', 0):>9,}  {t.get('keys')}   ({time.monotonic() - t0:.0f})", flush=True)
         pub.close()
         return 0
     finally:
-        worker.terminate()
-        try:
-            worker.wait(20)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-        if broker is not None:
-            broker.stop()
+        shut_down(worker, broker)
 
 
 if __name__ == "__main__":

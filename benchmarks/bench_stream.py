@@ -59,9 +59,9 @@ def make_verdict(i: int, tag: str, rng: random.Random) -> Verdict:
                    competitor_b=b, model_a=a, model_b=b, winner=winner, margin=margin, judge=JUDGE)
 
 
-def get(port: int, path: str) -> dict:
+def get(port: int, path: str, timeout: float = 2) -> dict:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
             return json.loads(r.read())
     except OSError:
         return {}
@@ -241,14 +241,19 @@ def main() -> int:
             print(f"two workers                 : only {len(seen)} of 2 boards showed all {sent} verdicts in 120 s")
         return 0
     finally:
-        if worker is not None:
-            worker.terminate()
-            try:
-                worker.wait(20)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-        if broker is not None:
-            broker.stop()
+        shut_down(worker, broker)
+
+
+def shut_down(worker: subprocess.Popen | None, broker) -> None:
+    """SIGTERM the worker (SIGKILL after 20 s), then stop the embedded broker if the bench started one."""
+    if worker is not None:
+        worker.terminate()
+        try:
+            worker.wait(20)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+    if broker is not None:
+        broker.stop()
 
 
 if __name__ == "__main__":
