@@ -355,7 +355,7 @@ def test_restart_on_a_backlog_applies_every_verdict_when_the_seek_is_slow(cfg, w
     """A worker restarted with table state to recover and verdicts waiting. Faust's recovery resumed the
     stream partitions, awaited the seek, then resumed its flow control, which clears the agents' queues:
     whatever was fetched during the seek was dropped after the consumer had passed it (with this
-    preamble about 1,000 of 1,200 verdicts; seen without it in 4 of 6 runs of benchmarks/bench_stream.py)."""
+    preamble 2,055 of 5,000 verdicts were lost; seen without it in 4 of 6 runs of benchmarks/bench_stream.py)."""
     models = ["m0", "m1", "m2", "m3"]
     rng = random.Random(11)
     verdicts = [verdict(f"ins-{i}", *rng.sample(models, 2), rng.choice(["model_a", "model_b"]), battle=f"bat-{i}")
