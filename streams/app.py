@@ -391,9 +391,14 @@ class Stream:
         self.ratings.data[lkey] = rec
         _own(self.ratings, lkey, p)
         part.expired += part.homes.place(lkey, home)
+        self._retain_loss(part, lkey)
+
+    def _retain_loss(self, part: _Partition, lkey: str) -> None:
+        """Enter lkey into the partition's loss-record window; those it pushes out leave memory, and their
+        homes that then hold nothing current go to part.expired."""
         for old in part.losses.add(lkey):
-            if self.ratings.data.pop(old, None) is not None:
-                getattr(self.ratings.data, "_key_partition", {}).pop(old, None)
+            self.ratings.data.pop(old, None)
+            getattr(self.ratings.data, "_key_partition", {}).pop(old, None)
             part.expired += part.homes.drop(old)
 
     def _partition(self, p: int) -> _Partition:
@@ -444,10 +449,7 @@ class Stream:
                 part.homes.place(lkey, lkey)
         by_age = sorted(part.homes.home, key=lambda k: max((e.get("offset", -1) for e in data[k].values()), default=-1))
         for lkey in by_age:
-            for old in part.losses.add(lkey):
-                data.pop(old, None)
-                getattr(data, "_key_partition", {}).pop(old, None)
-                part.expired += part.homes.drop(old)
+            self._retain_loss(part, lkey)
         self._parts[p] = part
         return part
 
