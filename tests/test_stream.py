@@ -396,6 +396,12 @@ def changelog(cfg, table: str) -> dict:
     return latest
 
 
+def failures_of(cfg, iid: str, n: int) -> list:
+    """The Failure events of one instruction, once there are n of them (or after 60 s)."""
+    got = read_all(cfg, ["failures"], lambda got: sum(f.instruction_id == iid for f in got) >= n, timeout=60)
+    return [f for f in got if f.instruction_id == iid]
+
+
 @pytest.mark.slow
 def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_bounded(cfg, worker_for):
     """A batch's target losses are one changelog record (L:<p>:<offset>) and one in-memory record per
@@ -406,10 +412,6 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
 
     def partition_of(ins) -> int:  # kafka-python's default partitioner, which the Publisher uses
         return (murmur2(ins.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
-
-    def failures_of(iid: str, n: int) -> list:
-        got = read_all(cfg, ["failures"], lambda got: sum(f.instruction_id == iid for f in got) >= n, timeout=60)
-        return [f for f in got if f.instruction_id == iid]
 
     w = worker_for(battle_plan="target-vs-all", targets=["tgt"], ratings={"loss_records": 3})
     x = instruction(300)
@@ -423,7 +425,7 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
         read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == x.id for b in got) >= 2, settle=0)
         pub.send(first)
         pub.flush()
-    assert [f.losses for f in failures_of(x.id, 1)] == [1]
+    assert [f.losses for f in failures_of(cfg, x.id, 1)] == [1]
 
     w.stop()
     shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
@@ -432,7 +434,7 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
     with Publisher(cfg) as pub:
         pub.send(second)
         pub.flush()
-    last = failures_of(x.id, 2)[-1]
+    last = failures_of(cfg, x.id, 2)[-1]
     assert (last.losses, last.verdict_ids, last.winner_model) == (2, sorted([first.id, second.id]), "m4")
 
     # eight more instructions of x's partition lose, each in its own batch: x's record and five others
@@ -453,6 +455,41 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
     kept = {f"l:{p}:{ins.id}" for ins in others[-3:]}
     assert set().union(*(live[k] for k in homes)) >= kept
     assert 1 <= len(homes) <= 3, sorted(homes)  # each holds one of the 3 kept records at least
+
+
+@pytest.mark.slow
+def test_loss_records_of_the_earlier_format_are_read_and_replaced(cfg, worker_for):
+    """An upgrade: a loss record the earlier version wrote as its own changelog record (l:<p>:<instruction>)
+    is recovered, counted in the next Failure of its instruction, and deleted from the changelog once a
+    batch record holds the newer copy."""
+    from kafka.partitioner.default import murmur2
+
+    x = instruction(500)
+    p = (murmur2(x.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
+    w = worker_for(battle_plan="target-vs-all", targets=["tgt"])
+    with Publisher(cfg) as pub:
+        for ev in (x, response(x, "tgt"), response(x, "m3"), response(x, "m4")):
+            pub.send(ev)
+        pub.flush()
+        read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == x.id for b in got) >= 2, settle=0)
+    w.stop()
+    old = verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle="bat-old")
+    lkey = f"l:{p}:{x.id}"
+    rec = {e["verdict_id"] + ":" + e["side"]: {**e, "offset": 0} for e in S.target_losses(old, {"tgt"}, 2.0)}
+    with Publisher(cfg) as pub:  # as the earlier version wrote it: key and value JSON, partition p
+        pub.producer.send(f"{cfg.kafka.topic_prefix}stream-ratings-changelog", key=json.dumps(lkey).encode(),
+                          value=json.dumps(rec).encode(), partition=p)
+        pub.flush()
+    shutil.rmtree(Path(cfg.data_dir) / "faust")  # the new worker recovers the tables from their changelogs
+    w.start()
+    new = verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle="bat-new")
+    with Publisher(cfg) as pub:
+        pub.send(new)
+        pub.flush()
+    f = failures_of(cfg, x.id, 1)[-1]
+    assert (f.losses, f.verdict_ids) == (2, sorted([old.id, new.id]))
+    assert wait_for(lambda: (c := changelog(cfg, "ratings")).get(lkey, "absent") is None
+                    and any(k.startswith(f"L:{p}:") and lkey in v for k, v in c.items() if v), timeout=30)
 
 
 @pytest.mark.slow
