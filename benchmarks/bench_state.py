@@ -13,11 +13,8 @@ table keys by kind and their JSON size (`/stats?sizes=1`). Goal: flat (within 20
 from __future__ import annotations
 
 import argparse
-import os
 import random
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,10 +22,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from arena_flywheel.broker import EmbeddedBroker, free_port  # noqa: E402
-from arena_flywheel.config import load_config  # noqa: E402
-from arena_flywheel.kafka import Publisher, ensure_topics  # noqa: E402
-from bench_stream import get, make_verdict, shut_down, wait_applied  # noqa: E402  (the same verdicts as bench_stream)
+from arena_flywheel.broker import free_port  # noqa: E402
+from arena_flywheel.kafka import Publisher  # noqa: E402
+# the same verdicts, worker and broker set-up as bench_stream
+from bench_stream import (bench_setup, get, make_verdict, shut_down, start_stream, wait_applied,  # noqa: E402
+                          worker_config)
+
 
 def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -44,28 +43,15 @@ def main() -> int:
     args = ap.parse_args()
     steps = [int(s) for s in args.steps.split(",")]
 
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    tmp = Path(tempfile.mkdtemp(prefix="bench-state-"))
-    prefix = f"state{os.getpid()}."
-    cfg = load_config(env={}, overrides={"kafka.bootstrap_servers": bootstrap, "kafka.topic_prefix": prefix,
-                                         "kafka.partitions": args.partitions, "data_dir": str(tmp)})
-    ensure_topics(cfg)
-    conf = tmp / "arena.toml"
-    conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\ntopic_prefix = "{prefix}"\n'
-                    f'partitions = {args.partitions}\n[arena]\ntargets = ["tgt"]\n[ratings]\nrefresh_s = 2.0\n'
-                    'bootstrap_rounds = 20\n[trainer]\nthreshold_schedule = [2.0]\n')
+    broker, cfg, tmp = bench_setup("state", args.partitions)
     port = free_port()
-    worker = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream", "--web-port",
-                               str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"), stderr=subprocess.STDOUT)
+    worker = start_stream(worker_config(cfg, tmp, "refresh_s = 2.0\nbootstrap_rounds = 20"), port,
+                          tmp / "worker.log")
     rng = random.Random(0)
     try:
         pub = Publisher(cfg, linger_ms=20, batch_size=256 * 1024)
-        print(f"broker {bootstrap} ({'embedded Tansu' if broker else 'external'}), {args.partitions} partitions, "
-              f"target in every battle (train), 1/3 losses by >= the failure margin")
+        print(f"broker {cfg.kafka.bootstrap_servers} ({'embedded Tansu' if broker else 'external'}), "
+              f"{args.partitions} partitions, target in every battle (train), 1/3 losses by >= the failure margin")
         print(f"{'verdicts':>10} {'RSS MB':>8} {'table MB':>9} {'ids held':>9}  keys by kind   (s to apply)")
         sent = 0
         for step in steps:

@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from arena_flywheel.broker import EmbeddedBroker, free_port  # noqa: E402
-from arena_flywheel.config import load_config  # noqa: E402
+from arena_flywheel.config import Config, load_config  # noqa: E402
 from arena_flywheel.events import JudgeInfo, Verdict  # noqa: E402
 from arena_flywheel.kafka import Publisher, TopicSpec, ensure_topics  # noqa: E402
 
@@ -118,17 +118,7 @@ def main() -> int:
     if args.paced < 500:  # streams/app.py LATENCY_WINDOW: fewer would mix the backlog's latencies in
         ap.error("--paced must be at least 500: the worker reports p50/p99 over its last 500 verdicts")
 
-    broker = None
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap:
-        broker = EmbeddedBroker().start()
-        bootstrap = broker.bootstrap
-    tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
-    prefix = f"bench{os.getpid()}."
-    cfg = load_config(env={}, overrides={"kafka.bootstrap_servers": bootstrap, "kafka.topic_prefix": prefix,
-                                         "kafka.partitions": args.partitions,
-                                         "kafka.fetch_max_wait_ms": args.fetch_wait_ms, "data_dir": str(tmp)})
-    ensure_topics(cfg)
+    broker, cfg, tmp = bench_setup("stream", args.partitions, fetch_max_wait_ms=args.fetch_wait_ms)
     rng = random.Random(0)
     worker = None
     try:
@@ -143,17 +133,11 @@ def main() -> int:
         raw_s = asyncio.run(raw_consume(cfg, raw_topic, args.verdicts))
 
         # 2. throughput through the ratings agent
-        conf = tmp / "arena.toml"
-        conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{bootstrap}"\n'
-                        f'topic_prefix = "{prefix}"\npartitions = {args.partitions}\n'
-                        f"fetch_max_wait_ms = {args.fetch_wait_ms}\n[arena]\ntargets = [\"tgt\"]\n"
-                        f"[ratings]\nrefresh_s = {REFRESH_S}\n[trainer]\nthreshold_schedule = [2.0]\n")
+        conf = worker_config(cfg, tmp, f"refresh_s = {REFRESH_S}")
         port = free_port()
 
         def start_worker():
-            return subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream",
-                                     "--web-port", str(port)], cwd=ROOT, stdout=open(tmp / "worker.log", "ab"),
-                                    stderr=subprocess.STDOUT)
+            return start_stream(conf, port, tmp / "worker.log")
 
         worker = start_worker()
         pub.send(make_verdict(0, "warm", rng))
@@ -191,9 +175,7 @@ def main() -> int:
 
         # 4. two workers: a second one joins; after the rebalance each applies its own partitions and serves
         #    the other's from the snapshots topic. Paced verdicts, then: when does each board show them all?
-        second = subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream",
-                                   "--web-port", str(port2 := free_port())], cwd=ROOT,
-                                  stdout=open(tmp / "worker2.log", "ab"), stderr=subprocess.STDOUT)
+        second = start_stream(conf, port2 := free_port(), tmp / "worker2.log")
         try:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline:  # the group has split the partitions between the two
@@ -223,7 +205,8 @@ def main() -> int:
         paced.close()
         pub.close()
 
-        print(f"broker {bootstrap} ({'embedded Tansu' if broker else 'external'}), {args.partitions} partitions, "
+        print(f"broker {cfg.kafka.bootstrap_servers} ({'embedded Tansu' if broker else 'external'}), "
+              f"{args.partitions} partitions, "
               f"{args.verdicts} verdicts, fetch wait {args.fetch_wait_ms} ms")
         print(f"raw aiokafka consume        : {args.verdicts / raw_s:10.0f} records/s  ({raw_s:.2f} s)")
         print(f"ratings agent (backlog)     : {agent_rate:10.0f} verdicts/s  ({args.verdicts - n0} verdicts after "
@@ -242,6 +225,40 @@ def main() -> int:
         return 0
     finally:
         shut_down(worker, broker)
+
+
+def bench_setup(name: str, partitions: int, **kafka) -> tuple[EmbeddedBroker | None, Config, Path]:
+    """The embedded Tansu broker (or $KAFKA_BOOTSTRAP_SERVERS), a config with a fresh topic prefix and a data
+    dir /tmp/bench-<name>-*, and its topics created."""
+    broker = None
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not bootstrap:
+        broker = EmbeddedBroker().start()
+        bootstrap = broker.bootstrap
+    tmp = Path(tempfile.mkdtemp(prefix=f"bench-{name}-"))
+    overrides = {"kafka.bootstrap_servers": bootstrap, "kafka.topic_prefix": f"{name}{os.getpid()}.",
+                 "kafka.partitions": partitions, "data_dir": str(tmp)}
+    cfg = load_config(env={}, overrides={**overrides, **{f"kafka.{k}": v for k, v in kafka.items()}})
+    ensure_topics(cfg)
+    return broker, cfg, tmp
+
+
+def worker_config(cfg: Config, tmp: Path, ratings: str) -> Path:
+    """The config file of the bench's stream worker: cfg's broker, prefix and partitions, target "tgt",
+    `ratings` as the [ratings] table's lines."""
+    k = cfg.kafka
+    conf = tmp / "arena.toml"
+    conf.write_text(f'data_dir = "{tmp}"\n[kafka]\nbootstrap_servers = "{k.bootstrap_servers}"\n'
+                    f'topic_prefix = "{k.topic_prefix}"\npartitions = {k.partitions}\n'
+                    f'fetch_max_wait_ms = {k.fetch_max_wait_ms}\n[arena]\ntargets = ["tgt"]\n'
+                    f'[ratings]\n{ratings}\n[trainer]\nthreshold_schedule = [2.0]\n')
+    return conf
+
+
+def start_stream(conf: Path, port: int, log: Path) -> subprocess.Popen:
+    """`arena stream` with the bench's config, its web page on `port`, its output appended to `log`."""
+    return subprocess.Popen([sys.executable, "-m", "arena_cli", "--config", str(conf), "stream", "--web-port",
+                             str(port)], cwd=ROOT, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
 
 
 def shut_down(worker: subprocess.Popen | None, broker) -> None:

@@ -386,12 +386,16 @@ class Stream:
                     await self._delete(self.pairing, p, key)
 
     def _keep_loss(self, p: int, part: _Partition, lkey: str, rec: dict, home: str) -> None:
-        """Hold loss record lkey (latest copy in changelog record `home`) in memory, and drop the least
-        recent ones beyond ratings.loss_records; homes left holding nothing current go to part.expired."""
+        """Hold loss record lkey in memory and enter it into the retention window."""
+        self._hold_loss(p, part, lkey, rec, home)
+        self._retain_loss(part, lkey)
+
+    def _hold_loss(self, p: int, part: _Partition, lkey: str, rec: dict, home: str) -> None:
+        """Hold loss record lkey (its latest copy in changelog record `home`) in memory, registered to
+        partition p; a home it leaves holding nothing current goes to part.expired."""
         self.ratings.data[lkey] = rec
         _own(self.ratings, lkey, p)
         part.expired += part.homes.place(lkey, home)
-        self._retain_loss(part, lkey)
 
     def _retain_loss(self, part: _Partition, lkey: str) -> None:
         """Enter lkey into the partition's loss-record window; those it pushes out leave memory, and their
@@ -434,9 +438,7 @@ class Stream:
         for _, home, v in sorted(homes, key=lambda h: h[0]):
             if isinstance(v, dict):
                 for lkey, rec in v.items():
-                    data[lkey] = rec
-                    _own(self.ratings, lkey, p)
-                    part.expired += part.homes.place(lkey, home)
+                    self._hold_loss(p, part, lkey, rec, home)
                 expanded.update(v)
                 data[home] = sorted(v)
             else:

@@ -115,6 +115,24 @@ def read_all(cfg, topics: list[str], want, timeout: float = 60.0, settle: float 
     return got
 
 
+def partition_of(cfg, event) -> int:
+    """The partition kafka-python's default partitioner (which the Publisher uses) gives the event's key."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(event.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
+
+
+def publish_answered(cfg, ins: Instruction, models: list[str]) -> None:
+    """An instruction and an answer of each model, once the pairing agent has paired them (its battles are
+    out), so the answers are in the pairing table for the Failures that name them."""
+    with Publisher(cfg) as pub:
+        for ev in (ins, *(response(ins, m) for m in models)):
+            pub.send(ev)
+        pub.flush()
+    read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == ins.id for b in got) >= len(models) - 1,
+             settle=0)
+
+
 def instruction(i: int, split: str = "train") -> Instruction:
     return Instruction(messages=[Message(role="user", content=f"question {i}")], split=split, reference=str(i))
 
@@ -195,11 +213,6 @@ def test_pairing_emits_battles_per_plan_and_dead_letters_bad_records(cfg, worker
 def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
     """arena.pairing_records: per partition, the pairing records of the least recently touched train
     instructions go (tombstoned in the changelog); every eval record stays; no battle is lost to it."""
-    from kafka.partitioner.default import murmur2
-
-    def partition_of(ins) -> int:  # kafka-python's default partitioner, which the Publisher uses
-        return (murmur2(ins.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
-
     w = worker_for(battle_plan="target-vs-all", targets=["tgt"], pairing_records=2)
     train = [instruction(100 + i) for i in range(12)]
     evals = [instruction(200 + i, "eval") for i in range(3)]
@@ -213,7 +226,7 @@ def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
     parts = list(range(cfg.kafka.partitions))
     per_part = [0] * len(parts)
     for ins in train:
-        per_part[partition_of(ins)] += 1
+        per_part[partition_of(cfg, ins)] += 1
     want = sum(min(2, n) for n in per_part) + len(evals)  # instructions whose records are kept
 
     def kept(i: int, r: int):
@@ -225,7 +238,7 @@ def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
     # battle; its record takes a place in the window like any other, so one kept instruction goes
     p = max(parts, key=lambda q: per_part[q])
     assert per_part[p] >= 3
-    first = next(i for i in train if partition_of(i) == p)
+    first = next(i for i in train if partition_of(cfg, i) == p)
     with Publisher(cfg) as pub:
         pub.send(response(first, "y"))
         pub.flush()
@@ -408,21 +421,12 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
     instruction. Through a restart that recovers the tables from their changelogs, a later loss on the same
     instruction counts the earlier one (Failure.losses 2); retention keeps ratings.loss_records per partition,
     and every batch record left on the changelog still holds a current loss record."""
-    from kafka.partitioner.default import murmur2
-
-    def partition_of(ins) -> int:  # kafka-python's default partitioner, which the Publisher uses
-        return (murmur2(ins.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
-
     w = worker_for(battle_plan="target-vs-all", targets=["tgt"], ratings={"loss_records": 3})
     x = instruction(300)
-    p = partition_of(x)
+    p = partition_of(cfg, x)
     first = verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle="bat-x1")
+    publish_answered(cfg, x, ["tgt", "m3", "m4"])
     with Publisher(cfg) as pub:
-        for ev in (x, response(x, "tgt"), response(x, "m3"), response(x, "m4")):
-            pub.send(ev)
-        pub.flush()
-        # the answers are in the pairing table once its battles are out (a Failure carries them)
-        read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == x.id for b in got) >= 2, settle=0)
         pub.send(first)
         pub.flush()
     assert [f.losses for f in failures_of(cfg, x.id, 1)] == [1]
@@ -439,7 +443,7 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
 
     # eight more instructions of x's partition lose, each in its own batch: x's record and five others
     # leave the window of 3, and the batch records holding only them leave the changelog
-    others = [ins for ins in (instruction(400 + i) for i in range(40)) if partition_of(ins) == p][:8]
+    others = [ins for ins in (instruction(400 + i) for i in range(40)) if partition_of(cfg, ins) == p][:8]
     with Publisher(cfg) as pub:
         for i, ins in enumerate(others):
             pub.send(verdict(ins.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle=f"bat-o{i}"))
@@ -462,16 +466,10 @@ def test_loss_records_of_the_earlier_format_are_read_and_replaced(cfg, worker_fo
     """An upgrade: a loss record the earlier version wrote as its own changelog record (l:<p>:<instruction>)
     is recovered, counted in the next Failure of its instruction, and deleted from the changelog once a
     batch record holds the newer copy."""
-    from kafka.partitioner.default import murmur2
-
     x = instruction(500)
-    p = (murmur2(x.kafka_key().encode()) & 0x7FFFFFFF) % cfg.kafka.partitions
+    p = partition_of(cfg, x)
     w = worker_for(battle_plan="target-vs-all", targets=["tgt"])
-    with Publisher(cfg) as pub:
-        for ev in (x, response(x, "tgt"), response(x, "m3"), response(x, "m4")):
-            pub.send(ev)
-        pub.flush()
-        read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == x.id for b in got) >= 2, settle=0)
+    publish_answered(cfg, x, ["tgt", "m3", "m4"])
     w.stop()
     old = verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle="bat-old")
     lkey = f"l:{p}:{x.id}"
