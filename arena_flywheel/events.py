@@ -55,9 +55,17 @@ class BadEvent(ValueError):
         self.reason = reason
 
 
+# json.dumps with these options builds a new encoder on every call; one shared encoder gives the same text
+_STABLE_JSON = json.JSONEncoder(sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+_JSON_STR = json.encoder.encode_basestring  # the string encoder _STABLE_JSON uses (C when available)
+
+
 def stable_hash(*parts: Any, length: int = 20) -> str:
     """Deterministic hex digest of JSON-serialisable parts (order matters)."""
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    try:  # strings only (every event id): the encoder's text, in a third of the time
+        blob = "[" + ",".join(map(_JSON_STR, parts)) + "]"
+    except TypeError:  # a part that is not a string
+        blob = _STABLE_JSON.encode(parts)
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:length]
 
 

@@ -7,13 +7,12 @@ into `JSONLimitError` with a one-line reason, so a caller has exactly one except
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
-import re
 from typing import Any
 
-# Only text that could hold a too-long integer or an overflowing exponent pays for the per-number hooks.
-_BIG_EXP = re.compile(r"[eE][+-]?\d{3,}")
+import pydantic_core
 
 
 class JSONLimitError(ValueError):
@@ -39,6 +38,25 @@ def _constant(s: str):
     raise JSONLimitError(f"{s} is not a JSON number")
 
 
+# Digits -> 0 and E -> e, so that byte-string searches find what only the careful decoder may parse: a run of
+# more digits than the limit (an integer over it), or a digit, e, an optional +, and three digits or more (an
+# exponent that may overflow to infinity). Text inside strings can match too; it then just takes that path.
+_NUMBER_BYTES = bytes.maketrans(b"123456789E", b"000000000e")
+
+
+def _may_need_hooks(data: bytes, max_int_digits: int) -> bool:
+    t = data.translate(_NUMBER_BYTES)
+    return b"0" * (max_int_digits + 1) in t or b"0e000" in t or b"0e+000" in t
+
+
+@functools.lru_cache(maxsize=8)
+def _decoder(max_int_digits: int) -> json.JSONDecoder:
+    """The decoder for one digit limit, built once (json.loads with hooks builds one per call). Its hooks see
+    every number: cheaper than scanning the text for long digit runs or big exponents first (two regular
+    expressions over the whole text cost more than a verdict's few numbers)."""
+    return json.JSONDecoder(parse_int=_int(max_int_digits), parse_float=_float, parse_constant=_constant)
+
+
 def depth(value: Any) -> int:
     """Nesting depth of a parsed value (a scalar is 0, [] and {} are 1)."""
     best, stack = 0, [(value, 0)]
@@ -53,6 +71,38 @@ def depth(value: Any) -> int:
     return best
 
 
+def _text(raw: str | bytes | bytearray) -> str:
+    """The text of a record; JSONLimitError for bytes that are not UTF-8."""
+    if isinstance(raw, str):
+        return raw
+    try:
+        return bytes(raw).decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise JSONLimitError(f"invalid UTF-8 at byte {exc.start}") from None
+
+
+def _check_depth(text: str, max_depth: int) -> None:
+    """JSONLimitError when the text nests deeper than max_depth (brackets inside strings do not count)."""
+    d = 0
+    in_str = esc = False
+    for ch in text:
+        if in_str:
+            if esc:
+                esc = False
+            elif ch == "\\":
+                esc = True
+            elif ch == '"':
+                in_str = False
+        elif ch == '"':
+            in_str = True
+        elif ch in "[{":
+            d += 1
+            if d > max_depth:
+                raise JSONLimitError(f"nested deeper than {max_depth} levels")
+        elif ch in "]}":
+            d -= 1
+
+
 def loads(raw: str | bytes | bytearray | None, *, max_bytes: int | None = None, max_depth: int = 32,
           max_int_digits: int = 64) -> Any:
     """Parse one JSON text within the limits; JSONLimitError (a ValueError) for anything else."""
@@ -63,38 +113,23 @@ def loads(raw: str | bytes | bytearray | None, *, max_bytes: int | None = None, 
     size = len(raw)
     if max_bytes is not None and size > max_bytes:
         raise JSONLimitError(f"a record of {size:,} bytes (limit {max_bytes:,})")
-    if isinstance(raw, (bytes, bytearray)):
-        try:
-            text = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise JSONLimitError(f"invalid UTF-8 at byte {exc.start}") from None
-    else:
-        text = raw
+    data = bytes(raw) if isinstance(raw, (bytes, bytearray)) else raw.encode("utf-8", "surrogatepass")
     # Nesting is bounded before parsing when the brackets could exceed it (the parser recurses).
-    if text.count("[") + text.count("{") > max_depth:
-        d = 0
-        in_str = esc = False
-        for ch in text:
-            if in_str:
-                if esc:
-                    esc = False
-                elif ch == "\\":
-                    esc = True
-                elif ch == '"':
-                    in_str = False
-            elif ch == '"':
-                in_str = True
-            elif ch in "[{":
-                d += 1
-                if d > max_depth:
-                    raise JSONLimitError(f"nested deeper than {max_depth} levels")
-            elif ch in "]}":
-                d -= 1
-    careful = re.search(r"\d{%d,}" % (max_int_digits + 1), text) is not None or _BIG_EXP.search(text) is not None
+    if data.count(b"[") + data.count(b"{") > max_depth:
+        _check_depth(_text(raw), max_depth)
+    # pydantic's parser (pydantic_core, installed with pydantic) is about twice as fast as the standard one,
+    # refuses NaN, Infinity and invalid UTF-8, and gives the same values for every text both accept. It
+    # refuses what the standard parser accepts in one case (a lone surrogate escape, which the text rule
+    # later removes), so any text it refuses, and text that needs the number hooks, goes to the standard
+    # parser, which decides and words the reason as before.
+    if not _may_need_hooks(data, max_int_digits):
+        try:
+            return pydantic_core.from_json(data, allow_inf_nan=False)
+        except ValueError:
+            pass
+    text = _text(raw)
     try:
-        if not careful:
-            return json.loads(text, parse_constant=_constant)
-        return json.loads(text, parse_int=_int(max_int_digits), parse_float=_float, parse_constant=_constant)
+        return _decoder(max_int_digits).decode(text)
     except JSONLimitError:
         raise
     except json.JSONDecodeError as exc:

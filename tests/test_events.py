@@ -4,8 +4,10 @@ and decoded ones; the events refuse self-battles and scores out of range; dead l
 runs the consumer loop on the real embedded broker with poison records between good ones."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import random
 import time
 
 import pytest
@@ -281,3 +283,67 @@ def test_consumer_loop_dead_letters_poison_records_and_handles_every_good_one(cf
     assert loop.stats.bad_records == 3 and loop.stats.dead_letters == 3
     letters = [e for e in read_topic(cfg, "deadletter", DeadLetter) if e.stage == "test-poison"]
     assert sorted(d.source for d in letters) == sorted(d.source for d in dead.values())
+
+
+@pytest.mark.parametrize("parts", [("bat-1", "reference::t:", "score-sum"), ('a "quoted" \\ back', "tab\there", "\x00\x1f"),
+                                   ("naïve ☃ 中文 🎉", "", "\u2028\u2029"), ("only one",), ("s", 1, 2.5, None),
+                                   (["list"], {"b": 1, "a": 2})])
+def test_stable_hash_is_the_hash_of_the_sorted_compact_json(parts):
+    """Ids are hashes of json.dumps(parts, sort_keys, ensure_ascii=False, compact); the string-only fast path
+    must give the same text (an id that changed would make every stored id a mismatch)."""
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    assert stable_hash(*parts) == hashlib.sha256(blob.encode("utf-8")).hexdigest()[:20]
+    assert stable_hash(*parts, length=64) == hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def _standard_loads(raw, **limits):
+    """safejson.loads as it was before its fast path: the standard parser decides everything."""
+    from arena_flywheel import safejson
+    saved = safejson._may_need_hooks
+    safejson._may_need_hooks = lambda data, digits: True
+    try:
+        return ("ok", safejson.loads(raw, **limits))
+    except safejson.JSONLimitError as exc:
+        return ("refused", str(exc))
+    finally:
+        safejson._may_need_hooks = saved
+
+
+def test_the_fast_json_path_gives_what_the_standard_parser_gives():
+    """safejson.loads parses with pydantic_core when the text needs no number hooks; for every text (good,
+    hostile, random) it must return the same value or refuse with the same reason as the standard parser."""
+    from arena_flywheel import safejson
+    from tests.fuzz_records import hostile_values
+
+    rng = random.Random(7)
+    good = [verdict().encode(), json.dumps(wire(verdict(), score_a=1e308, created_at=1.5e-300)).encode(), b'{"a":"\\ud800 lone","b":[1,2.5e-300]}',
+            '{"a":"\\udc00","n":-0}'.encode(), b'{"a":1e999}', b'{"a":-1E+400}', b'{"a":' + b"9" * 64 + b"}",
+            b'{"a":' + b"9" * 65 + b"}", b'{"a":"' + b"1" * 80 + b'"}', b'{"a":"e000 0e000"}', b'{"k":1,"k":2}',
+            '{"t":"naïve ☃ \u2028"}'.encode(), b" [1] ", b"", b"{", b'{"a":NaN}', b'{"a":"\xff"}', b'\xef\xbb\xbf{}',
+            b'{"a":"x\x00"}', b'{"a":01}', b"[" * 40 + b"]" * 40, b'"' + b"[" * 40 + b'"']
+    hostile = [v for _, v in hostile_values(rng, lambda i: verdict(), 300, max_record_bytes=4096)]
+    noise = [bytes(rng.randrange(256) for _ in range(rng.randint(0, 40))) for _ in range(300)]
+    mutated = []
+    for _ in range(300):  # a good record with a few bytes changed
+        b = bytearray(verdict().encode())
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.choice(b'0123456789eE+-.,:"{}[]\\ \x00\xff')
+        mutated.append(bytes(b))
+    fast = 0
+    for raw in good + hostile + noise + mutated:
+        for form in ([raw] + ([raw.decode("utf-8")] if _utf8(raw) else [])) if raw is not None else [None]:
+            try:
+                got = ("ok", safejson.loads(form, max_bytes=4096))
+            except safejson.JSONLimitError as exc:
+                got = ("refused", str(exc))
+            assert got == _standard_loads(form, max_bytes=4096), form
+            fast += got[0] == "ok" and not safejson._may_need_hooks(form if isinstance(form, bytes) else form.encode(), 64)
+    assert fast >= 5  # the fast path was taken
+
+
+def _utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
