@@ -10,6 +10,7 @@ each (a record is the unit that survives a crash, see docs/streams.md).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import OrderedDict
 from typing import Any, Iterable
 
@@ -182,6 +183,43 @@ class LossHomes:
             return []
         del self.held[home]
         return [home]
+
+
+# A batch's loss records go out as changelog records of at most about this much JSON: the producer refuses a
+# record over its max_request_size (1 MB by default), and a batch's records grow with the losses each
+# instruction already holds. One loss record larger than this still goes alone in one record.
+LOSS_BATCH_BYTES = 256 * 1024
+
+
+def loss_batches(partition: int, offset: int, records: dict[str, dict[str, Any]]) -> list[tuple[str, dict, bytes]]:
+    """The changelog records that hold a batch's loss records: (home key, its loss records, their JSON).
+    The first is `L:<p>:<offset>`, any further ones `L:<p>:<offset>+<k>` (see home_order)."""
+    out: list[tuple[str, dict, bytes]] = []
+    chunk: dict[str, dict[str, Any]] = {}
+    parts: list[str] = []
+    size = 0
+
+    def close() -> None:
+        home = f"L:{partition}:{offset}" + (f"+{len(out)}" if out else "")
+        out.append((home, chunk, ("{" + ",".join(parts) + "}").encode()))
+
+    for lkey, rec in records.items():
+        part = f"{json.dumps(lkey)}:{json.dumps(rec, separators=(',', ':'))}"
+        if parts and size + len(part) > LOSS_BATCH_BYTES:
+            close()
+            chunk, parts, size = {}, [], 0
+        chunk[lkey] = rec
+        parts.append(part)
+        size += len(part) + 1
+    if parts:
+        close()
+    return out
+
+
+def home_order(home: str) -> tuple[int, int]:
+    """Write order of the loss-record batch records of one partition: (batch offset, k)."""
+    offset, _, k = home.split(":", 2)[2].partition("+")
+    return int(offset), int(k or 0)
 
 
 def count(counts: dict[str, dict[str, int]], a: str, b: str, winner: str) -> None:

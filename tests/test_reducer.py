@@ -3,6 +3,7 @@ rules (offset watermark, processed ids, id-record restore), dead letters, failur
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 
@@ -263,3 +264,19 @@ def test_loss_homes_release_a_batch_record_once_it_holds_no_latest_copy():
     assert h.drop("l:0:a") == []            # L:0:9 still holds c
     assert h.drop("l:0:c") == ["L:0:9"]
     assert h.drop("l:0:unknown") == [] and h.home == {} and h.held == {}
+
+
+def test_a_batch_of_large_loss_records_goes_out_in_records_under_the_size_limit(monkeypatch):
+    """The producer refuses a record over its max_request_size (1 MB by default): a batch's loss records are
+    split into batch records of at most about S.LOSS_BATCH_BYTES of JSON, in a write order the rebuild reads."""
+    monkeypatch.setattr(S, "LOSS_BATCH_BYTES", 1000)
+    records = {f"l:3:ins-{i}": {f"ver-{i}:{k}:a": {"margin": 3.0, "pad": "x" * 100} for k in range(3)} for i in range(10)}
+    out = S.loss_batches(3, 77, records)
+    assert [home for home, _, _ in out][:3] == ["L:3:77", "L:3:77+1", "L:3:77+2"]
+    assert all(len(raw) <= 1000 for _, _, raw in out) and len(out) == 5
+    assert {k: v for _, recs, _ in out for k, v in recs.items()} == records  # each record once, all of them
+    assert all(json.loads(raw) == recs for _, recs, raw in out)
+    big = {"l:3:huge": {f"ver-{k}:a": {"pad": "y" * 500} for k in range(5)}}
+    assert [home for home, _, _ in S.loss_batches(3, 80, big)] == ["L:3:80"]  # one record larger than the limit: alone
+    homes = ["L:3:100", "L:3:99+2", "L:3:99", "L:3:100+1", "L:3:99+10"]
+    assert sorted(homes, key=S.home_order) == ["L:3:99", "L:3:99+2", "L:3:99+10", "L:3:100", "L:3:100+1"]

@@ -285,11 +285,11 @@ def test_ratings_survive_kill9_with_duplicates_and_match_an_offline_fit(cfg, wor
     w.start()
     for v in stream[1300:]:
         pub.send(v)
-    # a target loss on the train split by >= the failure margin (min threshold_schedule, 2.0), with the battle's answers known
+    pub.flush()
+    # a target loss on the train split by >= the failure margin (min threshold_schedule, 2.0), with the battle's
+    # answers known: verdicts follow their battles, as the judges' do
     ins = instruction(9001)
-    pub.send(ins)
-    for m in ("tgt", "m3", "m4"):
-        pub.send(response(ins, m))
+    publish_answered(cfg, ins, ["tgt", "m3", "m4"])
     small = verdict(ins.id, "tgt", "m3", "model_b", split="train", margin=1.0, battle="bat-f1")
     big = verdict(ins.id, "m4", "tgt", "model_a", split="train", margin=3.0, battle="bat-f2")
     pub.send(small)
@@ -448,7 +448,7 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
         for i, ins in enumerate(others):
             pub.send(verdict(ins.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle=f"bat-o{i}"))
             pub.flush()
-            time.sleep(0.15)  # longer than a batch may wait to fill (streams/app.py BATCH_WITHIN)
+            time.sleep(0.15)  # fetched alone: its own batch
     total = 2 + len(others)
     assert wait_for(lambda: (w.leaderboard() or {}).get("verdicts", 0) >= total, timeout=60)
     keys = w.stats(sizes=True)["tables"]["keys"]
@@ -459,6 +459,45 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
     kept = {f"l:{p}:{ins.id}" for ins in others[-3:]}
     assert set().union(*(live[k] for k in homes)) >= kept
     assert 1 <= len(homes) <= 3, sorted(homes)  # each holds one of the 3 kept records at least
+
+
+SMALL_LOSS_BATCHES = """
+from streams import state as _S
+_S.LOSS_BATCH_BYTES = 600  # about one loss record per batch record
+"""
+
+
+@pytest.mark.slow
+def test_loss_records_over_the_size_limit_go_out_in_several_records_and_are_recovered(cfg, worker_for):
+    """A batch whose loss records exceed S.LOSS_BATCH_BYTES writes several batch records (L:<p>:<offset>,
+    L:<p>:<offset>+1, ...); after a restart that recovers the tables from their changelogs, each instruction's
+    next loss counts the earlier one (Failure.losses 2)."""
+    w = worker_for(SMALL_LOSS_BATCHES, battle_plan="target-vs-all", targets=["tgt"])
+    xs = [ins for ins in (instruction(600 + i) for i in range(40)) if partition_of(cfg, ins) == 0][:4]
+    for x in xs:
+        publish_answered(cfg, x, ["tgt", "m3", "m4"])
+    w.stop()  # the four losses wait for the worker: one fetch, one batch
+    firsts = [verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle=f"bat-s{i}") for i, x in enumerate(xs)]
+    with Publisher(cfg) as pub:
+        for v in firsts:
+            pub.send(v)
+        pub.flush()
+    w.start()
+    for x in xs:
+        assert [f.losses for f in failures_of(cfg, x.id, 1)] == [1]
+    homes = sorted(k for k, v in changelog(cfg, "ratings").items() if k.startswith("L:0:") and v is not None)
+    assert len(homes) == 4 and sum("+" in k for k in homes) == 3, homes  # one batch, four records
+
+    w.stop()
+    shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
+    w.start()
+    with Publisher(cfg) as pub:
+        for i, x in enumerate(xs):
+            pub.send(verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle=f"bat-t{i}"))
+        pub.flush()
+    for x, first in zip(xs, firsts):
+        last = failures_of(cfg, x.id, 2)[-1]
+        assert (last.losses, last.winner_model) == (2, "m4") and first.id in last.verdict_ids
 
 
 @pytest.mark.slow
