@@ -393,6 +393,42 @@ def test_restart_on_a_backlog_applies_every_verdict_when_the_seek_is_slow(cfg, w
     assert snap and snap["verdicts"] == len(verdicts), (snap or {}).get("verdicts")
 
 
+# The same for the pairing agent, which still reads through Faust's consumer: every instruction it pairs
+# takes 20 ms more, and the seek returns once records are queued for it
+SLOW_SEEK_PAIRING = SLOW_SEEK.split("from streams import app")[0] + """
+from streams import app as _app
+_keep = _app.Stream._keep_pairing
+async def _slow_keep(self, *args):
+    await asyncio.sleep(0.02)
+    await _keep(self, *args)
+_app.Stream._keep_pairing = _slow_keep
+"""
+
+
+@pytest.mark.slow
+def test_restart_on_a_backlog_pairs_every_instruction_when_the_seek_is_slow(cfg, worker_for):
+    """Faust's recovery clears the agents' queues after its seek (above): without the fix the instructions
+    and responses fetched during the seek were dropped and their battles never made."""
+    pairs = [(ins, [response(ins, "m0"), response(ins, "m1")]) for ins in (instruction(2000 + i) for i in range(400))]
+    w = worker_for(SLOW_SEEK_PAIRING, battle_plan="round-robin")
+    with Publisher(cfg) as pub:
+        for ins, rs in pairs[:50]:
+            for ev in (ins, *rs):
+                pub.send(ev)
+        pub.flush()
+    assert len({b.id for b in read_all(cfg, ["battles"], lambda got: len(got) >= 50, settle=0)}) == 50
+    w.stop()
+    shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
+    with Publisher(cfg) as pub:
+        for ins, rs in pairs[50:]:
+            for ev in (ins, *rs):
+                pub.send(ev)
+        pub.flush()
+    w.start()
+    battles = read_all(cfg, ["battles"], lambda got: len({b.id for b in got}) >= len(pairs), timeout=90)
+    assert len({b.id for b in battles}) == len(pairs)
+
+
 def changelog(cfg, table: str) -> dict:
     """The latest value of every key of a table's changelog (None: deleted), as compaction would keep it."""
     c = make_consumer(cfg, [f"{cfg.kafka.topic_prefix}stream-{table}-changelog"], None)
