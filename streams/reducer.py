@@ -64,8 +64,8 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
     """Apply one partition's verdict records (offset, raw value), in offset order.
 
     state: the partition record (None before the first batch); seen: verdict ids this partition already
-    applied (the b: id records and state["recent"]); records: the ratings table (l: loss records, b: id
-    records); pairing: the pairing table (r: responses, i: instructions) for the failures' answers.
+    applied (the b: id records and state["recent"]); records: the ratings table (l: loss records, as their
+    JSON text or a dict; b: id records); pairing: the pairing table (r: responses, i: instructions) for the failures' answers.
     A record at or below the state's offset is a redelivery and a known id is a re-sent verdict: both
     count as duplicates and change nothing else."""
     st = _copy_state(state)
@@ -95,7 +95,7 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
         losses = S.target_losses(v, rules.targets, rules.failure_margin) if rules.targets else ()
         if losses:
             lkey = loss_key(partition, v.instruction_id)
-            rec = out.loss_records.get(lkey) or dict(records.get(lkey) or {})
+            rec = out.loss_records.get(lkey) or S.loss_record(records.get(lkey))
             for e in losses:
                 e["offset"] = off  # the record's age, for retention
                 rec[e["verdict_id"] + ":" + e["side"]] = e

@@ -60,9 +60,10 @@ def pairing_of(ins: Instruction, *responses: Response) -> dict:
 
 
 def records_after(records: dict, red) -> dict:
-    """The ratings table after the agent performed `red`'s writes."""
+    """The ratings table after the agent performed `red`'s writes (loss records held as their text, as the
+    agent holds them)."""
     out = dict(records)
-    out.update(red.loss_records)
+    out.update({k: S.loss_text(rec) for k, rec in red.loss_records.items()})
     if red.restore:
         out[red.restore[0]] = red.restore[1]
     out[f"p:{P}"] = red.state
@@ -274,8 +275,8 @@ def test_a_batch_of_large_loss_records_goes_out_in_records_under_the_size_limit(
     out = S.loss_batches(3, 77, records)
     assert [home for home, _, _ in out][:3] == ["L:3:77", "L:3:77+1", "L:3:77+2"]
     assert all(len(raw) <= 1000 for _, _, raw in out) and len(out) == 5
-    assert {k: v for _, recs, _ in out for k, v in recs.items()} == records  # each record once, all of them
-    assert all(json.loads(raw) == recs for _, recs, raw in out)
+    assert {k: S.loss_record(t) for _, texts, _ in out for k, t in texts.items()} == records  # each once, all of them
+    assert all(json.loads(raw) == {k: json.loads(t) for k, t in texts.items()} for _, texts, raw in out)
     big = {"l:3:huge": {f"ver-{k}:a": {"pad": "y" * 500} for k in range(5)}}
     assert [home for home, _, _ in S.loss_batches(3, 80, big)] == ["L:3:80"]  # one record larger than the limit: alone
     homes = ["L:3:100", "L:3:99+2", "L:3:99", "L:3:100+1", "L:3:99+10"]
