@@ -51,9 +51,8 @@ def _may_need_hooks(data: bytes, max_int_digits: int) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _decoder(max_int_digits: int) -> json.JSONDecoder:
-    """The decoder for one digit limit, built once (json.loads with hooks builds one per call). Its hooks see
-    every number: cheaper than scanning the text for long digit runs or big exponents first (two regular
-    expressions over the whole text cost more than a verdict's few numbers)."""
+    """The standard decoder with the number hooks, for one digit limit, built once (json.loads with hooks
+    builds a decoder on every call)."""
     return json.JSONDecoder(parse_int=_int(max_int_digits), parse_float=_float, parse_constant=_constant)
 
 

@@ -65,7 +65,8 @@ def apply_verdicts(partition: int, state: Mapping[str, Any] | None, seen: Contai
 
     state: the partition record (None before the first batch); seen: verdict ids this partition already
     applied (the b: id records and state["recent"]); records: the ratings table (l: loss records, as their
-    JSON text or a dict; b: id records); pairing: the pairing table (r: responses, i: instructions) for the failures' answers.
+    JSON text or a dict; b: id records); pairing: the pairing table (r: responses, i: instructions) for the
+    failures' answers.
     A record at or below the state's offset is a redelivery and a known id is a re-sent verdict: both
     count as duplicates and change nothing else."""
     st = _copy_state(state)
