@@ -6,6 +6,7 @@ import pytest
 
 from streams.dashboard import WEB, DashboardState, _version, page
 from test_stream import verdict, worker_for  # noqa: F401 - worker_for is a fixture: the real stream worker
+from tests.publishing import publish
 
 SCRIPT = (WEB / "dashboard.js").read_text()  # the page's own code (plotly.js is inlined beside it)
 
@@ -465,8 +466,6 @@ def test_live_page_on_the_stream_worker(cfg, worker_for):
     the trainer publish them: a verdict published after the page loaded shows within 2 s of the worker
     applying it; the checkpoint's rating, the judge health figures and each split's heat map are on the
     page; stopping the worker shows the disconnected notice. Screenshot: tests/artifacts/dashboard-live.png."""
-    from arena_flywheel.kafka import Publisher
-
     w = worker_for(battle_plan="round-robin")
     base = f"http://127.0.0.1:{w.port}"
     first = _wait_json(base + "/api/state", lambda d: True, "the worker's web server", w.proc, w.log)
@@ -475,19 +474,13 @@ def test_live_page_on_the_stream_worker(cfg, worker_for):
     verdicts = [e for e in events if isinstance(e, Verdict)]
     ckpt = next(e for e in events if isinstance(e, Checkpoint))
 
-    def publish(*evs):
-        with Publisher(cfg) as pub:
-            for e in evs:
-                pub.send(e)
-            pub.flush()
-
     def applied(n):
         return _wait_json(base + "/api/state", lambda s: s["verdicts"] == n and s["leaderboard"],
                           f"{n} verdicts applied", w.proc, w.log)
 
     sync_playwright = _chromium_or_none()
     if sync_playwright is None:
-        publish(*verdicts, ckpt)
+        publish(cfg, [*verdicts, ckpt])
         st = _wait_json(base + "/api/state", lambda s: s["verdicts"] == 31 and s["checkpoints"], "state",
                         w.proc, w.log)
         assert st["checkpoints"][0]["rating"] == st["elo"]["target@it1-sft"] is not None
@@ -498,12 +491,12 @@ def test_live_page_on_the_stream_worker(cfg, worker_for):
         page.goto(base + "/")
         page.wait_for_selector("#meta:has-text('0 verdicts')", timeout=10000)
         t_pub = time.monotonic()
-        publish(verdicts[0])
+        publish(cfg, [verdicts[0]])
         applied(1)
         t0 = time.monotonic()
         page.wait_for_selector("#lb tbody td:text-is('target')", timeout=2000)  # the issue's 2 s
         took = time.monotonic() - t0
-        publish(*verdicts[1:], ckpt)
+        publish(cfg, [*verdicts[1:], ckpt])
         st = _wait_json(base + "/api/state", lambda s: s["verdicts"] == 31 and s["checkpoints"]
                         and len(s["leaderboard"]) == 3 and s["checkpoints"][0]["rating"] is not None, "all applied",
                         w.proc, w.log)

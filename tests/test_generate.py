@@ -13,6 +13,7 @@ from arena_flywheel.kafka import Publisher, make_consumer
 from consumers.backends import Completion, GenerationRequest, RetryableError, create_backend
 from arena_flywheel.kafka import read_checkpoints
 from consumers.generate import GenerationPool, conversation, eval_group, train_group
+from tests.publishing import publish
 
 
 @pytest.fixture
@@ -27,13 +28,6 @@ def inst(*turns, split="train", system=None, source_id=None):
     msgs = ([Message(role="system", content=system)] if system else []) + [Message(role="user", content=t)
                                                                            for t in turns]
     return Instruction(messages=msgs, split=split, source="test", source_id=source_id)
-
-
-def publish(cfg, events):
-    with Publisher(cfg) as pub:
-        for e in events:
-            pub.send(e)
-        pub.flush()
 
 
 def read_all(cfg, name, cls):

@@ -16,6 +16,7 @@ from arena_flywheel.events import decode
 from arena_flywheel.kafka import Publisher, make_consumer
 from arena_flywheel.store import KINDS, LedgerStore
 from consumers.ledger import Ledger
+from tests.publishing import publish
 
 JUDGE = JudgeInfo(backend="reference", template_id="ref-1")
 
@@ -65,12 +66,6 @@ def read_topic(cfg, name: str, n: int, timeout_s: float = 20) -> list:
             got += [decode(r.value) for r in recs]
     c.close()
     return got
-
-
-def publish(cfg, events) -> None:
-    with Publisher(cfg) as pub:
-        for e in events:
-            pub.send(e)
 
 
 @pytest.mark.slow

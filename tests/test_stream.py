@@ -20,6 +20,7 @@ from arena_flywheel.events import (Instruction, JudgeInfo, Message, Response, Ve
 from arena_flywheel.kafka import Publisher, make_consumer
 from arena_flywheel.ratings import BradleyTerry, PairCounts
 from streams import state as S
+from tests.publishing import publish
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -125,10 +126,7 @@ def partition_of(cfg, event) -> int:
 def publish_answered(cfg, ins: Instruction, models: list[str]) -> None:
     """An instruction and an answer of each model, once the pairing agent has paired them (its battles are
     out), so the answers are in the pairing table for the Failures that name them."""
-    with Publisher(cfg) as pub:
-        for ev in (ins, *(response(ins, m) for m in models)):
-            pub.send(ev)
-        pub.flush()
+    publish(cfg, (ins, *(response(ins, m) for m in models)))
     read_all(cfg, ["battles"], lambda got: sum(b.instruction_id == ins.id for b in got) >= len(models) - 1,
              settle=0)
 
@@ -216,11 +214,7 @@ def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
     w = worker_for(battle_plan="target-vs-all", targets=["tgt"], pairing_records=2)
     train = [instruction(100 + i) for i in range(12)]
     evals = [instruction(200 + i, "eval") for i in range(3)]
-    with Publisher(cfg) as pub:
-        for ins in train + evals:
-            for ev in (ins, response(ins, "tgt"), response(ins, "x")):
-                pub.send(ev)
-        pub.flush()
+    publish(cfg, (ev for ins in train + evals for ev in (ins, response(ins, "tgt"), response(ins, "x"))))
     battles = read_all(cfg, ["battles"], lambda got: len(got) >= len(train) + len(evals))
     assert sorted(b.instruction_id for b in battles) == sorted(i.id for i in train + evals)
     parts = list(range(cfg.kafka.partitions))
@@ -239,9 +233,7 @@ def test_pairing_keeps_a_bounded_window_of_train_instructions(cfg, worker_for):
     p = max(parts, key=lambda q: per_part[q])
     assert per_part[p] >= 3
     first = next(i for i in train if partition_of(cfg, i) == p)
-    with Publisher(cfg) as pub:
-        pub.send(response(first, "y"))
-        pub.flush()
+    publish(cfg, [response(first, "y")])
     assert wait_for(lambda: kept(want - 1, want), timeout=30), (w.stats(sizes=True) or {}).get("tables")
     assert not [b for b in read_all(cfg, ["battles"], lambda got: False, timeout=3) if "y" in (b.a.model, b.b.model)]
 
@@ -411,19 +403,11 @@ def test_restart_on_a_backlog_pairs_every_instruction_when_the_seek_is_slow(cfg,
     and responses fetched during the seek were dropped and their battles never made."""
     pairs = [(ins, [response(ins, "m0"), response(ins, "m1")]) for ins in (instruction(2000 + i) for i in range(400))]
     w = worker_for(SLOW_SEEK_PAIRING, battle_plan="round-robin")
-    with Publisher(cfg) as pub:
-        for ins, rs in pairs[:50]:
-            for ev in (ins, *rs):
-                pub.send(ev)
-        pub.flush()
+    publish(cfg, (ev for ins, rs in pairs[:50] for ev in (ins, *rs)))
     assert len({b.id for b in read_all(cfg, ["battles"], lambda got: len(got) >= 50, settle=0)}) == 50
     w.stop()
     shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
-    with Publisher(cfg) as pub:
-        for ins, rs in pairs[50:]:
-            for ev in (ins, *rs):
-                pub.send(ev)
-        pub.flush()
+    publish(cfg, (ev for ins, rs in pairs[50:] for ev in (ins, *rs)))
     w.start()
     battles = read_all(cfg, ["battles"], lambda got: len({b.id for b in got}) >= len(pairs), timeout=90)
     assert len({b.id for b in battles}) == len(pairs)
@@ -462,18 +446,14 @@ def test_loss_records_go_out_one_record_per_batch_survive_recovery_and_stay_boun
     p = partition_of(cfg, x)
     first = verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle="bat-x1")
     publish_answered(cfg, x, ["tgt", "m3", "m4"])
-    with Publisher(cfg) as pub:
-        pub.send(first)
-        pub.flush()
+    publish(cfg, [first])
     assert [f.losses for f in failures_of(cfg, x.id, 1)] == [1]
 
     w.stop()
     shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
     w.start()
     second = verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle="bat-x2")
-    with Publisher(cfg) as pub:
-        pub.send(second)
-        pub.flush()
+    publish(cfg, [second])
     last = failures_of(cfg, x.id, 2)[-1]
     assert (last.losses, last.verdict_ids, last.winner_model) == (2, sorted([first.id, second.id]), "m4")
 
@@ -514,10 +494,7 @@ def test_loss_records_over_the_size_limit_go_out_in_several_records_and_are_reco
         publish_answered(cfg, x, ["tgt", "m3", "m4"])
     w.stop()  # the four losses wait for the worker: one fetch, one batch
     firsts = [verdict(x.id, "tgt", "m3", "model_b", split="train", margin=3.0, battle=f"bat-s{i}") for i, x in enumerate(xs)]
-    with Publisher(cfg) as pub:
-        for v in firsts:
-            pub.send(v)
-        pub.flush()
+    publish(cfg, firsts)
     w.start()
     for x in xs:
         assert [f.losses for f in failures_of(cfg, x.id, 1)] == [1]
@@ -527,10 +504,8 @@ def test_loss_records_over_the_size_limit_go_out_in_several_records_and_are_reco
     w.stop()
     shutil.rmtree(Path(cfg.data_dir) / "faust")  # the tables come back from their changelogs
     w.start()
-    with Publisher(cfg) as pub:
-        for i, x in enumerate(xs):
-            pub.send(verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle=f"bat-t{i}"))
-        pub.flush()
+    publish(cfg, [verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle=f"bat-t{i}")
+                  for i, x in enumerate(xs)])
     for x, first in zip(xs, firsts):
         last = failures_of(cfg, x.id, 2)[-1]
         assert (last.losses, last.winner_model) == (2, "m4") and first.id in last.verdict_ids
@@ -556,9 +531,7 @@ def test_loss_records_of_the_earlier_format_are_read_and_replaced(cfg, worker_fo
     shutil.rmtree(Path(cfg.data_dir) / "faust")  # the new worker recovers the tables from their changelogs
     w.start()
     new = verdict(x.id, "m4", "tgt", "model_a", split="train", margin=4.0, battle="bat-new")
-    with Publisher(cfg) as pub:
-        pub.send(new)
-        pub.flush()
+    publish(cfg, [new])
     f = failures_of(cfg, x.id, 1)[-1]
     assert (f.losses, f.verdict_ids) == (2, sorted([old.id, new.id]))
     assert wait_for(lambda: (c := changelog(cfg, "ratings")).get(lkey, "absent") is None
